@@ -49,7 +49,7 @@ _FLOAT_SLACK = 1e-12
 _WARM_SLACK = 1e-4  # how far (nats) a warm start is pulled into the interior of the constraints
 
 
-@dataclass(frozen=True)
+@dataclass
 class PIDResult:
     """Partial information decomposition of one or a batch of joint distributions.
 

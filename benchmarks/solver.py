@@ -1,0 +1,205 @@
+"""FastPID solver speed and accuracy against its peers, measured in one run.
+
+Peers: CVXPY with Clarabel, CVXPY with SCS (each handed the whole BROJA exponential-cone program,
+build time included, as a user pays it), and the released code's Adam + Sinkhorn scheme
+(``benchmarks/adam_sinkhorn.py``). For each size it prints the median wall time of each solver,
+the ratio peer / FastPID, and the largest atom error against the exact reference: FastPID itself
+at ``tol=1e-11`` bits, whose certificate makes it exact to that bound.
+
+Batched rows time FastPID on a batch of 256 distributions and report the per-distribution cost as
+a fraction of a single solve of the same size.
+
+    python benchmarks/solver.py                       # the full table of docs/benchmarks.md
+    python benchmarks/solver.py --sizes 6x6x6 --quick # a smoke run
+    python benchmarks/solver.py --device cuda --peers none
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from adam_sinkhorn import adam_sinkhorn_pid
+
+from pidsched.functional import pid
+from pidsched.functional.reference import broja_cvxpy
+
+ATOMS = ("unique_1", "unique_2", "redundancy", "synergy")
+DEFAULT_SIZES = "6x6x6,10x10x10,20x20x6,20x20x28,20x20x20,50x50x50"
+# CVXPY peers above this many cells take minutes to hours per solve (20x20x20 took ~70 s with
+# Clarabel here); they are run once instead of `repeats` times, and skipped beyond the limit.
+CVXPY_REPEAT_LIMIT = 2_000
+CVXPY_CELL_LIMIT = 12_000
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default=DEFAULT_SIZES, help="comma list of K1xK2xKy")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per solver (median)")
+    parser.add_argument("--batch", type=int, default=256, help="batch size of the batched rows")
+    parser.add_argument(
+        "--batched-sizes", default="6x6x6,10x10x10,20x20x6,20x20x20", help="sizes timed batched"
+    )
+    parser.add_argument(
+        "--peers", default="clarabel,scs,adam", help="comma list of clarabel, scs, adam, or none"
+    )
+    parser.add_argument("--device", default="cpu", help="device of the FastPID solves")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1: like-for-like with the single-threaded conic solvers)",
+    )
+    parser.add_argument("--quick", action="store_true", help="1 repeat, batch 16 (smoke test)")
+    return parser.parse_args(argv)
+
+
+def random_joint(shape, rng: np.random.Generator, batch: int | None = None) -> torch.Tensor:
+    """Dirichlet(0.5) distributions: dense, with the boundary optima BROJA typically has."""
+    cells = int(np.prod(shape))
+    sample = rng.dirichlet(np.full(cells, 0.5), size=batch or 1).reshape((batch or 1), *shape)
+    joint = torch.from_numpy(sample)
+    return joint if batch else joint[0]
+
+
+def timed(fn, repeats: int, synchronize=lambda: None):
+    times, result = [], None
+    for _ in range(repeats):
+        synchronize()
+        start = time.perf_counter()
+        result = fn()
+        synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def max_error(result, reference) -> float:
+    return max(
+        float((torch.as_tensor(result[a]).cpu() - reference[a].cpu()).abs().max()) for a in ATOMS
+    )
+
+
+def as_atoms(result) -> dict[str, torch.Tensor]:
+    return {a: getattr(result, a) for a in ATOMS}
+
+
+def single_row(shape, args, generator, peers, device, sync) -> dict:
+    joint = random_joint(shape, generator)
+    reference = as_atoms(pid(joint, tol=1e-11))
+    cells = int(np.prod(shape))
+    on_device = joint.to(device)
+    pid(on_device)  # warm-up (allocator, kernels)
+    ours_time, ours = timed(lambda: pid(on_device), args.repeats, sync)
+    row = {
+        "size": "x".join(map(str, shape)),
+        "fastpid_s": ours_time,
+        "fastpid_err": max_error(as_atoms(ours), reference),
+        "fastpid_iters": ours.iterations,
+        "fastpid_gap": float(ours.gap),
+    }
+    for peer in peers:
+        if peer in ("clarabel", "scs") and cells > CVXPY_CELL_LIMIT:
+            row[peer] = None
+            continue
+        if peer == "adam":
+            fn = lambda: adam_sinkhorn_pid(joint)  # noqa: E731
+        else:
+            fn = lambda peer=peer: broja_cvxpy(joint.numpy(), solver=peer.upper())  # noqa: E731
+        repeats = 1 if (peer != "adam" and cells > CVXPY_REPEAT_LIMIT) else args.repeats
+        peer_time, peer_result = timed(fn, repeats)
+        peer_atoms = {a: torch.as_tensor(peer_result[a]) for a in ATOMS}
+        row[peer] = (peer_time, max_error(peer_atoms, reference))
+    return row
+
+
+def batched_row(shape, args, generator, device, sync) -> dict:
+    joints = random_joint(shape, generator, batch=args.batch).to(device)
+    pid(joints[:2])
+    batch_time, result = timed(lambda: pid(joints), max(1, args.repeats - 1), sync)
+    single_time, _ = timed(lambda: pid(joints[0]), args.repeats, sync)
+    reference = as_atoms(pid(joints.cpu(), tol=1e-11))
+    return {
+        "size": "x".join(map(str, shape)),
+        "batch": args.batch,
+        "per_dist_s": batch_time / args.batch,
+        "single_s": single_time,
+        "fraction": batch_time / args.batch / single_time,
+        "err": max_error(as_atoms(result), reference),
+        "iters": result.iterations,
+    }
+
+
+def fmt_time(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+def print_tables(rows, batched_rows, peers, device) -> None:
+    header = ["size", f"FastPID ({device})", "iters", "err (bits)"]
+    for peer in peers:
+        header += [f"{peer} time", f"{peer}/FastPID", f"{peer} err"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        cells = [
+            row["size"],
+            fmt_time(row["fastpid_s"]),
+            str(row["fastpid_iters"]),
+            f"{row['fastpid_err']:.1e}",
+        ]
+        for peer in peers:
+            if row.get(peer) is None:
+                cells += ["not run", "-", "-"]
+            else:
+                peer_time, err = row[peer]
+                cells += [fmt_time(peer_time), f"{peer_time / row['fastpid_s']:.0f}x", f"{err:.1e}"]
+        print("| " + " | ".join(cells) + " |")
+    if batched_rows:
+        print()
+        print(
+            "| size | batch | per distribution | single solve | per-dist / single | err (bits) "
+            "| iters |"
+        )
+        print("|---|---|---|---|---|---|---|")
+        for row in batched_rows:
+            print(
+                f"| {row['size']} | {row['batch']} | {fmt_time(row['per_dist_s'])} | "
+                f"{fmt_time(row['single_s'])} | {row['fraction']:.3f} | {row['err']:.1e} | "
+                f"{row['iters']} |"
+            )
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    if args.quick:
+        args.repeats, args.batch = 1, 16
+    peers = [] if args.peers == "none" else args.peers.split(",")
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    generator = np.random.default_rng(args.seed)
+    torch.set_num_threads(args.threads)
+    print(f"# torch {torch.__version__}, threads {torch.get_num_threads()}, device {device}")
+    print(f"# command: python benchmarks/solver.py {' '.join(sys.argv[1:])}".rstrip())
+    rows = []
+    for size in args.sizes.split(","):
+        shape = tuple(int(k) for k in size.split("x"))
+        rows.append(single_row(shape, args, generator, peers, device, sync))
+        print(f"# done {size}", file=sys.stderr, flush=True)
+    batched_rows = []
+    for size in args.batched_sizes.split(",") if args.batch > 1 else []:
+        shape = tuple(int(k) for k in size.split("x"))
+        batched_rows.append(batched_row(shape, args, generator, device, sync))
+        print(f"# done batched {size}", file=sys.stderr, flush=True)
+    print_tables(rows, batched_rows, peers, device)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""Pure PyTorch PID mathematics: the BROJA solver and the discretisations that feed it."""
+
+from pidsched.functional.discretize import (
+    cluster_features,
+    joint_from_features,
+    joint_from_logits,
+    kmeans,
+    pca_project,
+)
+from pidsched.functional.pid import PIDResult, pid
+
+__all__ = [
+    "PIDResult",
+    "cluster_features",
+    "joint_from_features",
+    "joint_from_logits",
+    "kmeans",
+    "pca_project",
+    "pid",
+]

@@ -1,0 +1,268 @@
+"""torchmetrics wrappers that accumulate a joint distribution and decompose it with ``pid``.
+
+``FastPID`` is pidsched's default probe: a fixed-size ``K x K x K`` sum state built from the two
+modalities' logits (the ``MulticlassConfusionMatrix`` pattern), so memory does not grow with the
+probe set and DDP sync is one all-reduce. ``ClusteredFastPID`` reproduces the released paper code's
+embedding clustering, which needs every sample at once. All mathematics lives in
+:mod:`pidsched.functional`; these classes only hold state.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat, rank_zero_warn
+from typing_extensions import override
+
+from pidsched.functional.discretize import (
+    Discretization,
+    _joint_from_features_arg_validation,
+    _joint_from_features_tensor_validation,
+    _joint_from_logits_arg_validation,
+    _joint_from_logits_tensor_validation,
+    _joint_update,
+    _posteriors_from_logits,
+    joint_from_features,
+)
+from pidsched.functional.pid import PIDResult, pid
+
+__all__ = ["ClusteredFastPID", "FastPID"]
+
+# The PIDResult fields measured in bits (everything but the iteration count and the duals).
+_RESULT_BITS = (
+    "unique_1",
+    "unique_2",
+    "redundancy",
+    "synergy",
+    "mutual_information",
+    "mutual_information_1",
+    "mutual_information_2",
+    "gap",
+)
+
+
+class _PIDMetric(Metric):
+    """Shared compute path: decompose the accumulated joint, or warn and return NaN atoms."""
+
+    is_differentiable = False
+    higher_is_better = None
+    full_state_update = False
+
+    def _decompose(self, joint: Tensor, warm_start: PIDResult | None) -> PIDResult:
+        """``pid(joint)``, or the no-samples result when ``joint`` holds no mass."""
+        if not bool(joint.sum() > 0):
+            return self._no_samples_result()
+        return pid(joint, warm_start=warm_start)
+
+    def _no_samples_result(self) -> PIDResult:
+        """Warn (on rank zero) and return NaN atoms: there is nothing to decompose."""
+        rank_zero_warn(
+            f"{type(self).__name__}.compute() found no accumulated samples and returns NaN "
+            "atoms; call update(...) with at least one non-empty batch before compute().",
+            UserWarning,
+        )
+        nan = {
+            name: torch.full((), math.nan, dtype=torch.float64, device=self.device)
+            for name in _RESULT_BITS
+        }
+        return PIDResult(**nan, iterations=0)
+
+
+class FastPID(_PIDMetric):
+    """Partial information decomposition of two modalities' predictions about the label (bits).
+
+    Accumulates the joint count tensor of (modality 1 symbol, modality 2 symbol, label) over all
+    updates in one ``(K, K, K)`` float64 sum state and decomposes it with
+    :func:`pidsched.functional.pid` (exact, certified BROJA PID). With ``discretization="soft"``
+    each sample adds ``softmax(logits_1) x softmax(logits_2) x onehot(target)``; with ``"hard"`` it
+    adds one count at its argmax pair.
+
+    As input to ``update``:
+
+    - ``logits_1`` (:class:`~torch.Tensor`): ``(N, K)`` float logits of modality 1.
+    - ``logits_2`` (:class:`~torch.Tensor`): ``(N, K)`` float logits of modality 2.
+    - ``target`` (:class:`~torch.Tensor`): ``(N,)`` integer labels in ``[0, K)``.
+
+    As output of ``compute``: a :class:`~pidsched.functional.PIDResult` of 0-d tensors (bits):
+    ``unique_1, unique_2, redundancy, synergy, mutual_information`` and its certified ``gap``.
+    With nothing accumulated it warns and returns NaN atoms.
+
+    The last solution's dual variables are kept as a plain attribute (not a metric state, so
+    ``reset()`` keeps it) and warm-start the next ``compute`` when ``warm_start=True``: a probe
+    repeated every few epochs then costs a few Newton iterations.
+
+    Args:
+        num_classes: Number of classes ``K`` of the label and of both modality heads.
+        discretization: "soft" (posterior-weighted counts) or "hard" (argmax counts).
+        warm_start: Start each solve from the previous compute's dual variables.
+        validate_args: Check arguments and inputs (a device sync per update on CUDA).
+        kwargs: Passed to :class:`torchmetrics.Metric` (``sync_on_compute``, ``process_group``...).
+
+    Raises:
+        ValueError: If ``num_classes`` is not an integer >= 2, ``discretization`` is unknown or
+            ``warm_start`` is not a bool.
+
+    Example::
+
+        >>> import torch
+        >>> from pidsched import FastPID
+        >>> metric = FastPID(num_classes=2, discretization="hard")
+        >>> bits = torch.tensor([0, 0, 1, 1])
+        >>> logits_1 = 9.0 * torch.nn.functional.one_hot(bits, 2).float()
+        >>> logits_2 = 9.0 * torch.nn.functional.one_hot(bits.roll(1), 2).float()
+        >>> metric.update(logits_1, logits_2, target=bits ^ bits.roll(1))
+        >>> round(metric.compute().synergy.item(), 6)
+        1.0
+    """
+
+    joint: Tensor
+
+    def __init__(
+        self,
+        num_classes: int,
+        discretization: Discretization = "soft",
+        warm_start: bool = True,
+        validate_args: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if validate_args:
+            _joint_from_logits_arg_validation(num_classes, discretization)
+            if not isinstance(warm_start, bool):
+                raise ValueError(
+                    f"Expected argument `warm_start` to be a bool, got {warm_start!r}."
+                )
+        self.num_classes = num_classes
+        self.discretization = discretization
+        self.warm_start = warm_start
+        self.validate_args = validate_args
+        self._last_result: PIDResult | None = None
+        shape = (num_classes, num_classes, num_classes)
+        self.add_state("joint", torch.zeros(shape, dtype=torch.float64), dist_reduce_fx="sum")
+
+    @override
+    def update(self, logits_1: Tensor, logits_2: Tensor, target: Tensor) -> None:
+        """Add a batch's (modality 1, modality 2, label) counts to the joint state."""
+        if self.validate_args:
+            _joint_from_logits_tensor_validation(
+                logits_1, logits_2, target, self.num_classes, source_classes=self.num_classes
+            )
+        self.joint += _joint_update(
+            _posteriors_from_logits(logits_1, self.discretization),
+            _posteriors_from_logits(logits_2, self.discretization),
+            target,
+            self.num_classes,
+        )
+
+    @override
+    def compute(self) -> PIDResult:
+        """Decompose the accumulated (and, under DDP, all-reduced) joint."""
+        result = self._decompose(self.joint, self._last_result if self.warm_start else None)
+        if result.dual_1 is not None:
+            self._last_result = result
+        return result
+
+
+class ClusteredFastPID(_PIDMetric):
+    """PID of two modalities' embeddings discretised as in the released paper code (bits).
+
+    Each modality's features are L2 normalised, projected by PCA(``num_components``) and clustered
+    by a deterministic k-means(``num_clusters``); the joint counts (cluster 1, cluster 2, label)
+    and is decomposed with :func:`pidsched.functional.pid` (METHOD.md section 3).
+
+    Unlike :class:`FastPID`, the states are ``"cat"`` lists of all features and targets: PCA and
+    k-means must see the whole probe set at once, and no fixed-size sufficient statistic gives
+    their result. Memory therefore grows with the probe set (``N x (D1 + D2)`` values), and DDP
+    sync gathers every rank's samples (rank 0's first), so every rank clusters the same data.
+    The clustering is refitted at every compute, so cluster ids are not comparable between
+    computes and there is no warm start.
+
+    As input to ``update``:
+
+    - ``features_1`` (:class:`~torch.Tensor`): ``(N, D1)`` float embeddings of modality 1.
+    - ``features_2`` (:class:`~torch.Tensor`): ``(N, D2)`` float embeddings of modality 2.
+    - ``target`` (:class:`~torch.Tensor`): ``(N,)`` integer labels in ``[0, num_classes)``.
+
+    As output of ``compute``: a :class:`~pidsched.functional.PIDResult` of 0-d tensors (bits). With
+    nothing accumulated it warns and returns NaN atoms.
+
+    Args:
+        num_classes: Number of label classes.
+        num_clusters: k-means clusters per modality (the paper uses 20).
+        num_components: PCA components per modality (the paper uses 5).
+        seed: Seed of the k-means++ seeding.
+        validate_args: Check arguments and inputs.
+        kwargs: Passed to :class:`torchmetrics.Metric`.
+
+    Raises:
+        ValueError: If an argument is not an integer in its allowed range.
+    """
+
+    features_1: list[Tensor] | Tensor
+    features_2: list[Tensor] | Tensor
+    target: list[Tensor] | Tensor
+
+    def __init__(
+        self,
+        num_classes: int,
+        num_clusters: int = 20,
+        num_components: int = 5,
+        seed: int = 0,
+        validate_args: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if validate_args:
+            _joint_from_features_arg_validation(num_classes, num_clusters, num_components, seed)
+        self.num_classes = num_classes
+        self.num_clusters = num_clusters
+        self.num_components = num_components
+        self.seed = seed
+        self.validate_args = validate_args
+        self.add_state("features_1", [], dist_reduce_fx="cat")
+        self.add_state("features_2", [], dist_reduce_fx="cat")
+        self.add_state("target", [], dist_reduce_fx="cat")
+
+    @override
+    def update(self, features_1: Tensor, features_2: Tensor, target: Tensor) -> None:
+        """Store a batch of both modalities' features and its labels."""
+        if self.validate_args:
+            _joint_from_features_tensor_validation(features_1, features_2, target, self.num_classes)
+            self._check_feature_width("features_1", features_1, self.features_1)
+            self._check_feature_width("features_2", features_2, self.features_2)
+        # Detached: a stored tensor would otherwise keep its batch's autograd graph alive.
+        self.features_1.append(features_1.detach())
+        self.features_2.append(features_2.detach())
+        self.target.append(target.detach())
+
+    @staticmethod
+    def _check_feature_width(name: str, features: Tensor, stored: list[Tensor]) -> None:
+        if stored and features.shape[1] != stored[0].shape[1]:
+            raise ValueError(
+                f"Expected `{name}` to have D={stored[0].shape[1]} columns like the earlier "
+                f"batches, but got {features.shape[1]}; pass the same embedding every update or "
+                "reset() the metric first."
+            )
+
+    @override
+    def compute(self) -> PIDResult:
+        """Cluster all accumulated (under DDP, gathered) features and decompose the joint."""
+        # A list before sync (one entry per update), a tensor after a DDP gather.
+        target = dim_zero_cat(self.target) if len(self.target) else None
+        if target is None or target.numel() == 0:
+            return self._no_samples_result()
+        joint = joint_from_features(
+            dim_zero_cat(self.features_1),
+            dim_zero_cat(self.features_2),
+            target,
+            self.num_classes,
+            self.num_clusters,
+            self.num_components,
+            self.seed,
+            validate_args=False,
+        )
+        return self._decompose(joint, None)
