@@ -17,3 +17,11 @@ def _deterministic_seed():
 
     torch.manual_seed(0)
     yield
+
+
+def pytest_configure(config):
+    import torch
+
+    # The models under test are tiny: one intra-op thread avoids oversubscribing the 2 CI cores
+    # (DDP tests run two processes), which made tiny fits ~10x slower.
+    torch.set_num_threads(1)

@@ -46,7 +46,8 @@ LN2 = math.log(2.0)
 # Rounding allowance (nats) added to every certificate: the bound is exact arithmetic on float64
 # values, each carrying a relative error near 1e-16.
 _FLOAT_SLACK = 1e-12
-_WARM_SLACK = 1e-4  # how far (nats) a warm start is pulled into the interior of the constraints
+_WARM_SLACK = 1e-2  # how far (nats) a warm start is pulled into the interior of the constraints
+_MAX_HALVINGS = 30  # step halvings of the merit line search
 
 
 @dataclass
@@ -462,7 +463,47 @@ def _certificate(
     return a_feasible, gap.clamp_min(0.0) + _FLOAT_SLACK
 
 
+def _kkt_merit(residual_dual, residual_pair, complementarity, prob) -> Tensor:
+    """Squared norm of the perturbed KKT residual, per distribution (the frozen rows excluded)."""
+    dual_part = torch.where(prob.free, residual_dual, 0.0).square().sum(1)
+    pair_part = (residual_pair.square() + complementarity.square()).masked_fill(~prob.valid, 0.0)
+    return dual_part + pair_part.sum((1, 2))
+
+
+def _merit_at(a, b, slack, pair_mass, centre, target, prob) -> Tensor:
+    lse, cond = _pair_conditionals(a, b, prob)
+    residual_dual = _to_dual_space(pair_mass, cond) - target
+    residual_pair = torch.where(prob.valid, lse + slack, 0.0)
+    merit = _kkt_merit(residual_dual, residual_pair, pair_mass * slack - centre, prob)
+    return torch.where(torch.isfinite(merit), merit, math.inf)
+
+
+def _take_step(a, b, slack, pair_mass, da, db, ds, dq, primal_step, dual_step, prob):
+    primal, dual = primal_step[:, None, None], dual_step[:, None, None]
+    return (
+        torch.where(prob.p1 > 0, a + primal * da, a),
+        torch.where(prob.p2 > 0, b + primal * db, b),
+        torch.where(prob.valid, slack + primal * ds, 1.0),
+        torch.where(prob.valid, pair_mass + dual * dq, 0.0),
+    )
+
+
 def _solve_dual(
+    p: Tensor, tol: float, max_iter: int, warm: tuple[Tensor, Tensor, Tensor] | None
+) -> _DualSolution:
+    """Solve, warm-started where given; a warm start that fails to certify is redone cold."""
+    solution = _interior_point(p, tol, max_iter, warm)
+    failed = solution.gap > tol
+    if warm is None or not failed.any():
+        return solution
+    cold = _interior_point(p[failed], tol, max_iter, None)
+    for name in ("a", "b", "pair_mass", "gap"):
+        getattr(solution, name)[failed] = getattr(cold, name)
+    solution.iterations += cold.iterations
+    return solution
+
+
+def _interior_point(
     p: Tensor, tol: float, max_iter: int, warm: tuple[Tensor, Tensor, Tensor] | None
 ) -> _DualSolution:
     """Primal-dual interior point (Mehrotra predictor-corrector) on the dual problem.
@@ -524,15 +565,27 @@ def _solve_dual(
         complementarity = pair_mass * slack + dq * ds - (centring * mu)[:, None, None]
         complementarity = torch.where(prob.valid, complementarity, 0.0)
         dx, dq, ds = _newton_step(chol, residual_dual, residual_pair, complementarity, *args)
-        primal_step = _step_to_boundary(slack, ds, prob.valid)
-        dual_step = _step_to_boundary(pair_mass, dq, prob.valid)
-        primal_step = torch.where(done, 0.0, primal_step)
-        dual_step = torch.where(done, 0.0, dual_step)
-
         da = dx[:, : k1 * ky].reshape(a.shape)
         db = dx[:, k1 * ky :].reshape(b.shape)
-        a = torch.where(prob.p1 > 0, a + primal_step[:, None, None] * da, a)
-        b = torch.where(prob.p2 > 0, b + primal_step[:, None, None] * db, b)
-        slack = torch.where(prob.valid, slack + primal_step[:, None, None] * ds, 1.0)
-        pair_mass = torch.where(prob.valid, pair_mass + dual_step[:, None, None] * dq, 0.0)
+        primal_step = torch.where(done, 0.0, _step_to_boundary(slack, ds, prob.valid))
+        dual_step = torch.where(done, 0.0, _step_to_boundary(pair_mass, dq, prob.valid))
+
+        # Globalisation: L is nonlinear, so a full step can overshoot far from the optimum (warm
+        # starts on a changed p, peaked distributions). Halve both steps until the KKT residual
+        # with the centring target decreases.
+        centre = (centring * mu)[:, None, None]
+        merit = _kkt_merit(residual_dual, residual_pair, pair_mass * slack - centre, prob)
+        scale = torch.ones_like(mu)
+        for _ in range(_MAX_HALVINGS):
+            trial = _take_step(
+                a, b, slack, pair_mass, da, db, ds, dq, primal_step * scale, dual_step * scale, prob
+            )
+            trial_merit = _merit_at(*trial, centre, target, prob)
+            accepted = (trial_merit <= (1 - 1e-4 * scale) * merit) | done
+            if accepted.all():
+                break
+            scale = torch.where(accepted, scale, scale * 0.5)
+        a, b, slack, pair_mass = _take_step(
+            a, b, slack, pair_mass, da, db, ds, dq, primal_step * scale, dual_step * scale, prob
+        )
     return _DualSolution(best_a, best_b, best_q, best_gap, iterations)
