@@ -371,19 +371,27 @@ def _reduced_matrix(cond: Tensor, pair_mass: Tensor, slack: Tensor, prob: _Probl
     ``(b(x2), b(x2))`` and ``(a(x1), b(x2))`` blocks. Frozen variables get an identity row.
     """
     bsz, k1, k2, ky = cond.shape
+    n1 = k1 * ky
     kappa = torch.where(prob.valid, pair_mass / slack - pair_mass, 0.0)
     block = kappa[..., None, None] * cond[..., :, None] * cond[..., None, :]
     block = block + torch.diag_embed(pair_mass[..., None] * cond)  # (B, K1, K2, Ky, Ky)
-    eye1 = torch.eye(k1, dtype=cond.dtype, device=cond.device)
-    eye2 = torch.eye(k2, dtype=cond.dtype, device=cond.device)
-    h_aa = torch.einsum("biyz,ij->biyjz", block.sum(2), eye1).reshape(bsz, k1 * ky, k1 * ky)
-    h_bb = torch.einsum("bjyz,ji->bjyiz", block.sum(1), eye2).reshape(bsz, k2 * ky, k2 * ky)
-    h_ab = block.permute(0, 1, 3, 2, 4).reshape(bsz, k1 * ky, k2 * ky)
-    hess = torch.cat(
-        [torch.cat([h_aa, h_ab], dim=2), torch.cat([h_ab.transpose(1, 2), h_bb], dim=2)], dim=1
-    )
-    both = prob.free[:, :, None] & prob.free[:, None, :]
-    return torch.where(both, hess, 0.0) + torch.diag_embed((~prob.free).to(hess.dtype))
+    # Rows of cells outside the support are already zero (r = 0 there); the gauge cells of b are
+    # in the support, so their rows and columns are cleared explicitly.
+    keep_b = prob.free[:, n1:].reshape(bsz, 1, k2, 1, ky).to(block.dtype)
+    block_ab = block * keep_b
+
+    # Assemble in place (no full-size temporaries: batched solves are memory-bound here).
+    hess = block.new_zeros(bsz, n1 + k2 * ky, n1 + k2 * ky)
+    h_aa = hess[:, :n1, :n1].unflatten(2, (k1, ky)).unflatten(1, (k1, ky))
+    h_bb = hess[:, n1:, n1:].unflatten(2, (k2, ky)).unflatten(1, (k2, ky))
+    rows1, rows2 = torch.arange(k1, device=block.device), torch.arange(k2, device=block.device)
+    h_aa[:, rows1, :, rows1, :] = block.sum(2).transpose(0, 1)
+    bb_blocks = (block_ab * keep_b.transpose(-1, -2)).sum(1)  # (B, K2, Ky, Ky)
+    h_bb[:, rows2, :, rows2, :] = bb_blocks.transpose(0, 1)
+    hess[:, :n1, n1:] = block_ab.permute(0, 1, 3, 2, 4).reshape(bsz, n1, k2 * ky)
+    hess[:, n1:, :n1] = hess[:, :n1, n1:].transpose(1, 2)
+    hess.diagonal(dim1=1, dim2=2).add_((~prob.free).to(hess.dtype))
+    return hess
 
 
 def _factorise(matrix: Tensor) -> Tensor:
@@ -395,6 +403,13 @@ def _factorise(matrix: Tensor) -> Tensor:
             matrix + torch.diag_embed(ridge[:, None].expand(matrix.shape[:2]))
         )
     return chol
+
+
+def _cholesky_solve(chol: Tensor, rhs: Tensor) -> Tensor:
+    """``M^{-1} rhs`` for ``M = chol chol^T`` by two triangular solves (a batched
+    ``cholesky_solve`` with one right-hand side is several times slower on CPU)."""
+    half = torch.linalg.solve_triangular(chol, rhs[..., None], upper=False)
+    return torch.linalg.solve_triangular(chol.mT, half, upper=True)[..., 0]
 
 
 def _to_dual_space(pair_values: Tensor, cond: Tensor) -> Tensor:
@@ -424,7 +439,7 @@ def _newton_step(chol, residual_dual, residual_pair, complementarity, cond, pair
     """
     h = torch.where(prob.valid, (pair_mass * residual_pair - complementarity) / slack, 0.0)
     rhs = -(residual_dual + _to_dual_space(h, cond))
-    dx = torch.cholesky_solve(torch.where(prob.free, rhs, 0.0)[..., None], chol)[..., 0]
+    dx = _cholesky_solve(chol, torch.where(prob.free, rhs, 0.0))
     jdx = _to_pair_space(dx, cond)
     dq = torch.where(prob.valid, (pair_mass * (jdx + residual_pair) - complementarity) / slack, 0.0)
     ds = torch.where(prob.valid, -(complementarity + slack * dq) / pair_mass, 0.0)
