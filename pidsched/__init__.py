@@ -1,6 +1,6 @@
 """pidsched: information-guided two-stage multimodal training schedules for PyTorch Lightning."""
 
-from pidsched.callbacks import PIDSchedulerCallback, PIDScheduleWarning
+from pidsched.callbacks import OGMGECallback, PIDSchedulerCallback, PIDScheduleWarning
 from pidsched.controllers import FixedController, JointController, MIController, PIDController
 from pidsched.metrics import ClusteredFastPID, FastPID
 from pidsched.models import MultimodalClassifier, MultimodalModule, check_multimodal_module
@@ -15,6 +15,7 @@ __all__ = [
     "MIController",
     "MultimodalClassifier",
     "MultimodalModule",
+    "OGMGECallback",
     "PIDController",
     "PIDScheduleWarning",
     "PIDSchedulerCallback",

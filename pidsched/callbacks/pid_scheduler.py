@@ -1,0 +1,542 @@
+r"""``PIDSchedulerCallback``: information-guided two-stage (unimodal -> joint) multimodal training.
+
+Stage 1 ("unimodal") trains each modality branch as a unimodal classifier. After every
+``probe_every_n_epochs`` training epochs the callback measures the partial information
+decomposition (PID) of the branches' predictions about the label on the *validation* data and asks
+a controller (:mod:`pidsched.controllers`) what to do: pause a branch that runs ahead, or end
+stage 1. At the switch it restores the branch weights of the peak-synergy probe and the module
+starts stage 2 ("joint"): fused training with its own optimiser and scheduler.
+
+The callback decides and applies; it does no PID arithmetic (the metric does) and changes the
+model only through the :class:`pidsched.models.MultimodalModule` protocol.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch import Tensor
+from torchmetrics import Metric
+from typing_extensions import override
+
+from pidsched.controllers import STAGE_JOINT, STAGE_UNIMODAL, Controller, Decision, PIDController
+from pidsched.metrics.fastpid import FastPID
+from pidsched.models.protocol import check_multimodal_module, modality_outputs
+
+__all__ = ["PIDScheduleWarning", "PIDSchedulerCallback"]
+
+_PROBE_INPUTS = ("logits", "features")
+_DISCRETIZATIONS = ("soft", "hard")
+
+
+class PIDScheduleWarning(UserWarning):
+    """A run configuration that works but probably does not do what was meant."""
+
+
+class PIDSchedulerCallback(Callback):
+    """Two-stage multimodal training driven by PID measurements on the validation data.
+
+    Each probe accumulates the metric over the first validation dataloader (all batches, every
+    rank; the metric syncs across ranks), then the probe record is broadcast from rank 0 so every
+    rank asks its controller the same question and gets the same answer. Decisions take effect at
+    the start of the next training epoch. With two modalities the PID of (head 1, head 2; label)
+    is measured; with M > 2 each modality m is measured against the others' averaged softmax
+    prediction (one-vs-rest), ``unique[m]`` is its uniqueness there and redundancy, synergy and
+    mutual information are means over m.
+
+    Pausing is real: a paused branch is in ``eval()``, runs without autograd and has no loss term,
+    so its parameters, BatchNorm statistics and optimiser state stay bit-for-bit unchanged. Under
+    DDP this needs ``strategy="ddp_find_unused_parameters_true"`` (checked at setup).
+
+    At the switch the branch weights (encoders and unimodal heads) saved on the CPU at the
+    peak-synergy probe are restored (``restore_peak=False`` keeps the last weights, as the paper's
+    code did), the module is set to stage ``"joint"`` and ``trainer.strategy.setup_optimizers``
+    builds the stage-2 optimiser and scheduler.
+
+    Logged per probe through ``pl_module.log`` (any Lightning logger; monitorable):
+    ``pid/unique_<m>``, ``pid/redundancy``, ``pid/synergy``, ``pid/mutual_information``,
+    ``pid/stage`` (1 or 2), ``pid/paused_<m>`` (0 or 1); the U's and S also in the progress bar.
+
+    Public state: ``stage`` and ``paused`` (what the next training epoch runs), ``history`` (one
+    plain dict per probe, format in ``docs/architecture.md``), ``switch_epoch`` (first epoch of
+    stage 2, None before) and ``peak_epoch`` (the epoch whose weights the switch restores). All
+    of it, with the controller's state and the peak snapshot, is saved in checkpoints (the
+    snapshot adds one copy of the branch weights until the switch); a resumed fit continues the
+    schedule where it stopped.
+
+    Args:
+        num_classes: K, the number of classes (checked against the module).
+        controller: the decision rules; default :class:`~pidsched.controllers.PIDController`.
+        probe_every_n_epochs: probe after every n-th training epoch (epochs n, 2n, ... counted
+            from 1); validation must run on those epochs.
+        restore_peak: restore the peak-synergy branch weights at the switch.
+        discretization: ``"soft"`` (expected counts of softmax posteriors) or ``"hard"``
+            (argmax counts) for the default :class:`~pidsched.metrics.fastpid.FastPID` metric.
+        metric_factory: builds the metric instead, called as ``metric_factory(num_classes=K)``,
+            e.g. ``functools.partial(ClusteredFastPID, num_clusters=20)``; its ``update`` takes
+            ``(x_1, x_2, target)`` and its ``compute`` returns a ``PIDResult``.
+        probe_inputs: ``"logits"`` (unimodal head outputs) or ``"features"`` (encoder outputs,
+            needs ``metric_factory`` and the module's ``modality_features``).
+
+    Raises:
+        ValueError: an argument is out of range (at construction) or the run is misconfigured (at
+            setup: no validation data, unsupported strategy, names or classes not matching).
+        TypeError: the module does not implement the protocol, or ``controller`` is not a
+            :class:`~pidsched.controllers.Controller`.
+
+    Example::
+
+        >>> from pidsched.controllers import PIDController
+        >>> callback = PIDSchedulerCallback(num_classes=6, controller=PIDController(max_switches=2))
+        >>> callback.stage, callback.paused, callback.switch_epoch
+        ('unimodal', frozenset(), None)
+    """
+
+    STATE_VERSION = 1
+
+    def __init__(
+        self,
+        num_classes: int,
+        controller: Controller | None = None,
+        probe_every_n_epochs: int = 1,
+        restore_peak: bool = True,
+        discretization: str = "soft",
+        metric_factory: Callable[..., Metric] | None = None,
+        probe_inputs: str = "logits",
+    ) -> None:
+        _check_arguments(
+            num_classes,
+            controller,
+            probe_every_n_epochs,
+            discretization,
+            metric_factory,
+            probe_inputs,
+        )
+        self.num_classes = num_classes
+        self.controller = controller if controller is not None else PIDController()
+        self.probe_every_n_epochs = probe_every_n_epochs
+        self.restore_peak = bool(restore_peak)
+        self.discretization = discretization
+        self.metric_factory = metric_factory
+        self.probe_inputs = probe_inputs
+
+        self._stage = self.controller.initial_stage
+        self._paused: frozenset[str] = frozenset()
+        self._switch_pending = False
+        self.switch_epoch: int | None = None
+        self.history: list[dict[str, Any]] = []
+        self._peak_snapshot: dict[str, dict[str, Tensor]] | None = None
+        self.peak_epoch: int | None = None
+
+        self._module: LightningModule | None = None
+        self._names: tuple[str, ...] = ()
+        self._metrics: list[Metric] = []
+        self._probing = False
+        self._probe_batches = 0
+        self._decided_epoch: int | None = None
+
+    # --- public state ------------------------------------------------------------------------
+
+    @property
+    def stage(self) -> str:
+        """``"unimodal"`` or ``"joint"``: the stage of the current (or next) training epoch."""
+        return self._stage
+
+    @property
+    def paused(self) -> frozenset[str]:
+        """Modalities paused in the current (or next) training epoch."""
+        return self._paused
+
+    @property
+    @override
+    def state_key(self) -> str:
+        # One schedule per trainer: the key does not depend on the arguments, so a checkpoint
+        # resumes even when e.g. the probe interval was changed.
+        return type(self).__name__
+
+    # --- setup and configuration checks ------------------------------------------------------
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != TrainerFn.FITTING:
+            return
+        check_multimodal_module(
+            pl_module,
+            expected_names=getattr(trainer.datamodule, "modality_names", None),
+            num_classes=self.num_classes,
+            require_features=self.probe_inputs == "features",
+        )
+        _check_strategy(trainer)
+        if self.controller.needs_measurements:
+            _check_validation(trainer, pl_module, self.probe_every_n_epochs)
+            self._names = tuple(pl_module.modality_names)
+            self._metrics = [self._make_metric() for _ in range(_pair_count(len(self._names)))]
+        _warn_on_jumping_monitors(trainer)
+        self._module = pl_module
+        # configure_optimizers runs after setup: the module must already be in its stage.
+        pl_module.set_training_stage(self._stage, frozenset())
+
+    def _make_metric(self) -> Metric:
+        if self.metric_factory is None:
+            return FastPID(self.num_classes, discretization=self.discretization)
+        metric = self.metric_factory(num_classes=self.num_classes)
+        if not isinstance(metric, Metric):
+            raise TypeError(
+                f"`metric_factory` must return a torchmetrics Metric, got {type(metric).__name__}."
+            )
+        return metric
+
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # A metric owned by a callback is not moved with the module.
+        for metric in self._metrics:
+            metric.to(pl_module.device)
+
+    # --- applying the schedule ---------------------------------------------------------------
+
+    @override
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._switch_pending:
+            self._start_joint_stage(trainer, pl_module)
+        pl_module.set_training_stage(self._stage, self._paused)
+
+    def _start_joint_stage(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.restore_peak and self._peak_snapshot is not None:
+            for part, state in self._peak_snapshot.items():
+                getattr(pl_module, part).load_state_dict(state)
+        self._stage = STAGE_JOINT
+        self._paused = frozenset()
+        self._switch_pending = False
+        self._peak_snapshot = None
+        self.switch_epoch = trainer.current_epoch
+        pl_module.set_training_stage(STAGE_JOINT, frozenset())
+        # Re-runs configure_optimizers: a fresh stage-2 optimiser with its own scheduler.
+        trainer.strategy.setup_optimizers(trainer)
+
+    def _apply_decision(self, decision: Decision, pl_module: LightningModule, epoch: int) -> None:
+        if decision.peak and self.restore_peak:
+            self._peak_snapshot = _branch_snapshot(pl_module)
+            self.peak_epoch = epoch
+        if decision.switch:
+            self._switch_pending = True
+        else:
+            self._paused = decision.paused
+        self._decided_epoch = epoch
+
+    @override
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Validation (and so any probe) has run by now; epochs without a probe still count
+        # towards the controller's epoch budget.
+        epoch = trainer.current_epoch
+        if self._stage != STAGE_UNIMODAL or self._switch_pending or self._decided_epoch == epoch:
+            return
+        self._apply_decision(self.controller.decide(epoch + 1, None), pl_module, epoch)
+
+    # --- probing -----------------------------------------------------------------------------
+
+    def _is_probe_epoch(self, trainer: Trainer) -> bool:
+        return (
+            self.controller.needs_measurements
+            and trainer.state.fn == TrainerFn.FITTING
+            and not trainer.sanity_checking
+            and (trainer.current_epoch + 1) % self.probe_every_n_epochs == 0
+        )
+
+    @override
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._probing = self._is_probe_epoch(trainer)
+        if self._probing:
+            for metric in self._metrics:
+                metric.reset()
+            self._probe_batches = 0
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not self._probing or dataloader_idx != 0:
+            return
+        inputs, target = batch
+        values = self._modality_values(pl_module, outputs, inputs)
+        for metric, (first, second) in zip(self._metrics, self._pairs(values), strict=True):
+            metric.update(first, second, target)
+        self._probe_batches += 1
+
+    def _modality_values(
+        self, pl_module: LightningModule, outputs: Any, inputs: Mapping[str, Tensor]
+    ) -> Mapping[str, Tensor]:
+        key = f"modality_{self.probe_inputs}"
+        values = modality_outputs(outputs, key)
+        if values is None:
+            with torch.no_grad():
+                values = getattr(pl_module, key)(inputs)
+        if set(values) != set(self._names):
+            raise ValueError(
+                f"`{key}` returned modalities {sorted(values)} but the module's modality_names "
+                f"are {sorted(self._names)}; make both use the same names."
+            )
+        return values
+
+    def _pairs(self, values: Mapping[str, Tensor]) -> list[tuple[Tensor, Tensor]]:
+        """The metric inputs: (m, other) for two modalities, else (m, rest of m) for every m."""
+        names = self._names
+        if len(names) == 2:
+            return [(values[names[0]], values[names[1]])]
+        return [(values[name], self._rest(values, name)) for name in names]
+
+    def _rest(self, values: Mapping[str, Tensor], name: str) -> Tensor:
+        others = [values[other] for other in self._names if other != name]
+        if self.probe_inputs == "features":
+            return torch.cat(others, dim=-1)
+        # log of the others' averaged softmax: logits whose softmax is that average.
+        log_probs = torch.stack([other.float().log_softmax(dim=-1) for other in others])
+        return torch.logsumexp(log_probs, dim=0) - math.log(len(others))
+
+    @override
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not self._probing:
+            return
+        self._probing = False
+        if self._probe_batches == 0:
+            raise RuntimeError(
+                "PIDSchedulerCallback probed but no validation batch reached it; check that the "
+                "validation dataloader is not empty and `limit_val_batches` is not 0."
+            )
+        record = self._probe_record(trainer)
+        # Every rank takes rank 0's record, so controllers on all ranks stay identical.
+        record = trainer.strategy.broadcast(record, src=0)
+        if self._stage == STAGE_UNIMODAL and not self._switch_pending:
+            decision = self.controller.decide(trainer.current_epoch + 1, record)
+            self._apply_decision(decision, pl_module, trainer.current_epoch)
+        self.history.append(record)
+        self._log_probe(pl_module, record)
+
+    def _probe_record(self, trainer: Trainer) -> dict[str, Any]:
+        # compute() and callback_metrics sync across ranks: every rank must call them.
+        results = [metric.compute() for metric in self._metrics]
+        names = self._names
+        if len(names) == 2:
+            (result,) = results
+            unique = {names[0]: result.unique_1, names[1]: result.unique_2}
+            informations = {
+                names[0]: result.mutual_information_1,
+                names[1]: result.mutual_information_2,
+            }
+        else:
+            unique = {name: result.unique_1 for name, result in zip(names, results, strict=True)}
+            informations = {
+                name: result.mutual_information_1
+                for name, result in zip(names, results, strict=True)
+            }
+        metrics = trainer.callback_metrics
+        val_acc = {
+            name: float(metrics[f"val/acc_{name}"])
+            for name in (*names, "fused")
+            if f"val/acc_{name}" in metrics
+        }
+        return {
+            "epoch": trainer.current_epoch,
+            "stage": self._stage,
+            "paused": sorted(self._paused),
+            "unique": {name: float(value) for name, value in unique.items()},
+            "redundancy": _mean(result.redundancy for result in results),
+            "synergy": _mean(result.synergy for result in results),
+            "mutual_information": _mean(result.mutual_information for result in results),
+            "mutual_information_per_modality": {
+                name: float(value) for name, value in informations.items()
+            },
+            "gap": max(float(result.gap) for result in results),
+            "val_acc": val_acc,
+        }
+
+    def _log_probe(self, pl_module: LightningModule, record: Mapping[str, Any]) -> None:
+        # The values are identical on every rank (broadcast): a "max" sync returns them exactly.
+        def log(name: str, value: float, prog_bar: bool = False) -> None:
+            pl_module.log(name, value, prog_bar=prog_bar, sync_dist=True, reduce_fx="max")
+
+        for name in self._names:
+            log(f"pid/unique_{name}", record["unique"][name], prog_bar=True)
+            log(f"pid/paused_{name}", float(name in record["paused"]))
+        log("pid/redundancy", record["redundancy"])
+        log("pid/synergy", record["synergy"], prog_bar=True)
+        log("pid/mutual_information", record["mutual_information"])
+        log("pid/stage", 1.0 if record["stage"] == STAGE_UNIMODAL else 2.0)
+
+    # --- checkpointing -----------------------------------------------------------------------
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.STATE_VERSION,
+            "stage": self._stage,
+            "paused": sorted(self._paused),
+            "switch_pending": self._switch_pending,
+            "switch_epoch": self.switch_epoch,
+            "history": [dict(record) for record in self.history],
+            "controller": self.controller.state_dict(),
+            "peak_snapshot": self._peak_snapshot,
+            "peak_epoch": self.peak_epoch,
+        }
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        version = state_dict.get("version", 1)
+        if version > self.STATE_VERSION:
+            raise ValueError(
+                f"this checkpoint was written by a newer pidsched (PIDSchedulerCallback state "
+                f"version {version} > {self.STATE_VERSION}); upgrade pidsched to resume it."
+            )
+        self._stage = state_dict.get("stage", self.controller.initial_stage)
+        self._paused = frozenset(state_dict.get("paused", ()))
+        self._switch_pending = bool(state_dict.get("switch_pending", False))
+        self.switch_epoch = state_dict.get("switch_epoch")
+        self.history = [dict(record) for record in state_dict.get("history", [])]
+        self.controller.load_state_dict(state_dict.get("controller", {}))
+        self._peak_snapshot = state_dict.get("peak_snapshot")
+        self.peak_epoch = state_dict.get("peak_epoch")
+        if self._module is not None:
+            # The restored optimiser state belongs to this stage's optimiser, which
+            # configure_optimizers builds next. Paused branches go to eval() at the next epoch
+            # start (before that only validation runs, in eval() anyway), which also keeps
+            # Lightning from warning about modules in eval mode at the start of training.
+            self._module.set_training_stage(self._stage, frozenset())
+
+
+def _check_arguments(
+    num_classes: Any,
+    controller: Any,
+    probe_every_n_epochs: Any,
+    discretization: Any,
+    metric_factory: Any,
+    probe_inputs: Any,
+) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"`num_classes` must be an int >= 2, got {num_classes!r}.")
+    if controller is not None and not isinstance(controller, Controller):
+        raise TypeError(
+            "`controller` must be a pidsched.controllers.Controller (e.g. PIDController()), "
+            f"got {type(controller).__name__}."
+        )
+    if (
+        isinstance(probe_every_n_epochs, bool)
+        or not isinstance(probe_every_n_epochs, int)
+        or probe_every_n_epochs < 1
+    ):
+        raise ValueError(
+            f"`probe_every_n_epochs` must be an int >= 1, got {probe_every_n_epochs!r}."
+        )
+    if discretization not in _DISCRETIZATIONS:
+        raise ValueError(
+            f"`discretization` must be one of {_DISCRETIZATIONS}, got {discretization!r}."
+        )
+    if metric_factory is not None and not callable(metric_factory):
+        raise TypeError("`metric_factory` must be callable as metric_factory(num_classes=K).")
+    if metric_factory is not None and discretization != "soft":
+        raise ValueError(
+            "`discretization` configures the default FastPID metric; with `metric_factory` "
+            "configure the metric there instead."
+        )
+    if probe_inputs not in _PROBE_INPUTS:
+        raise ValueError(f"`probe_inputs` must be one of {_PROBE_INPUTS}, got {probe_inputs!r}.")
+    if probe_inputs == "features" and metric_factory is None:
+        raise ValueError(
+            "`probe_inputs='features'` needs a feature metric: pass e.g. "
+            "metric_factory=functools.partial(ClusteredFastPID, num_clusters=20)."
+        )
+
+
+def _check_strategy(trainer: Trainer) -> None:
+    strategy = trainer.strategy
+    if isinstance(strategy, DDPStrategy):
+        if not strategy._ddp_kwargs.get("find_unused_parameters", False):
+            raise ValueError(
+                "PIDSchedulerCallback pauses branches and trains no fusion head in stage 1, so "
+                "DDP must allow unused parameters: use "
+                "Trainer(strategy='ddp_find_unused_parameters_true') (or "
+                "'ddp_spawn_find_unused_parameters_true', or "
+                "DDPStrategy(find_unused_parameters=True))."
+            )
+    elif not isinstance(strategy, SingleDeviceStrategy):
+        raise ValueError(
+            f"PIDSchedulerCallback supports single-device and DDP training, not "
+            f"{type(strategy).__name__}; use strategy='auto' on one device or "
+            "strategy='ddp_find_unused_parameters_true'."
+        )
+
+
+def _check_validation(trainer: Trainer, pl_module: LightningModule, every_n: int) -> None:
+    # Lightning exposes where validation data comes from only through the loop's data source.
+    source = trainer.fit_loop.epoch_loop.val_loop._data_source
+    if not source.is_defined() or not is_overridden("validation_step", pl_module):
+        raise ValueError(
+            "PIDSchedulerCallback measures PID on validation data, but this fit has no validation "
+            "loop: give trainer.fit(..., val_dataloaders=...) or a datamodule with "
+            "val_dataloader(), and a validation_step on the module (or use FixedController/"
+            "JointController, which measure nothing)."
+        )
+    if trainer.limit_val_batches == 0:
+        raise ValueError("PIDSchedulerCallback needs validation batches: `limit_val_batches` is 0.")
+    if trainer.val_check_interval != 1.0:
+        raise ValueError(
+            "PIDSchedulerCallback probes once per epoch: use Trainer(val_check_interval=1.0), got "
+            f"{trainer.val_check_interval!r}."
+        )
+    if trainer.check_val_every_n_epoch is None or every_n % trainer.check_val_every_n_epoch != 0:
+        raise ValueError(
+            f"validation must run on every probe epoch: `probe_every_n_epochs` ({every_n}) must be "
+            f"a multiple of Trainer(check_val_every_n_epoch={trainer.check_val_every_n_epoch})."
+        )
+
+
+def _warn_on_jumping_monitors(trainer: Trainer) -> None:
+    for callback in trainer.callbacks:
+        if not isinstance(callback, (EarlyStopping, ModelCheckpoint)):
+            continue
+        monitor = callback.monitor
+        if monitor is not None and (
+            "loss" in monitor or "fused" in monitor or monitor == "pid/stage"
+        ):
+            rank_zero_warn(
+                f"{type(callback).__name__} monitors {monitor!r}, which jumps at the stage switch: "
+                "the fusion head is untrained in stage 1 and the loss gains the fused term in "
+                "stage 2, so values before and after the switch are not comparable (early "
+                "stopping may fire in stage 1, a stage-1 'best' may be kept). Monitor a "
+                "per-modality accuracy, or select among stage-2 checkpoints.",
+                category=PIDScheduleWarning,
+            )
+
+
+def _pair_count(num_modalities: int) -> int:
+    """One bivariate PID for two modalities; one per modality (one-vs-rest) beyond that."""
+    return 1 if num_modalities == 2 else num_modalities
+
+
+def _mean(values: Any) -> float:
+    floats = [float(value) for value in values]
+    return sum(floats) / len(floats)
+
+
+def _branch_snapshot(pl_module: LightningModule) -> dict[str, dict[str, Tensor]]:
+    """CPU copies of the encoders' and unimodal heads' parameters and buffers."""
+    return {
+        part: {
+            key: value.detach().cpu().clone()
+            for key, value in getattr(pl_module, part).state_dict().items()
+        }
+        for part in ("encoders", "heads")
+    }

@@ -1,0 +1,199 @@
+"""``pidsched-train``: the Hydra app that trains a multimodal classifier with a PID schedule.
+
+Composes the configs shipped as ``pidsched.conf`` (the top-level ``conf/`` of the repository),
+then: seeds everything, builds the data module, one encoder per modality, the
+:class:`pidsched.MultimodalClassifier`, the schedule callback and the logger; fits; selects the
+checkpoint on validation only (best joint-stage epoch, :mod:`pidsched.cli.selection`); tests
+that checkpoint once; prints a short summary and writes ``summary.json`` and
+``pid_history.json`` into the run directory.
+
+Examples::
+
+    pidsched-train
+    pidsched-train experiment=mfeat schedule=joint trainer.max_epochs=20 seed=1
+    pidsched-train -m schedule=pid,joint seed=0,1,2
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from pidsched.cli.selection import JOINT_STAGE, JointStageCheckpoint
+from pidsched.viz.history import HISTORY_JSON_NAME, RunHistory, write_history_json
+
+SUMMARY_NAME = "summary.json"
+CHECKPOINT_DIRNAME = "checkpoints"
+
+
+def build_encoders(encoder_cfg: Mapping[str, Any], datamodule: Any) -> dict[str, nn.Module]:
+    """One encoder per modality of ``datamodule``, from ``model.encoder``.
+
+    ``model.encoder`` maps a modality *name* or a modality *kind* (``vector``, ``audio``,
+    ``visual``; ``datamodule.modality_kinds``) to an encoder config; a name entry wins over a
+    kind entry. Vector encoders get ``input_dim`` from ``datamodule.input_shapes``.
+
+    Raises:
+        ValueError: a modality has neither a name nor a kind entry.
+    """
+    encoders = {}
+    for name in datamodule.modality_names:
+        kind = datamodule.modality_kinds[name]
+        spec = encoder_cfg.get(name, encoder_cfg.get(kind))
+        if spec is None:
+            raise ValueError(
+                f"no encoder for modality {name!r} (kind {kind!r}); model.encoder has "
+                f"{sorted(encoder_cfg)}. Add one, e.g. `+model/encoder@model.encoder.{kind}=mlp`."
+            )
+        extra = {"input_dim": datamodule.input_shapes[name][0]} if kind == "vector" else {}
+        encoders[name] = instantiate(spec, **extra)
+    return encoders
+
+
+def build_model(model_cfg: DictConfig, datamodule: Any) -> L.LightningModule:
+    """The ``model`` config instantiated with encoders, feature dims and classes from the data."""
+    encoders = build_encoders(model_cfg.get("encoder", {}), datamodule)
+    model_args = OmegaConf.masked_copy(model_cfg, [k for k in model_cfg if k != "encoder"])
+    make_model = instantiate(model_args, _partial_=True, _convert_="all")
+    return make_model(
+        encoders=encoders,
+        feature_dims={name: int(encoder.output_dim) for name, encoder in encoders.items()},
+        num_classes=int(datamodule.num_classes),
+    )
+
+
+def build_extra_callbacks(callbacks_cfg: Mapping[str, Any] | None) -> list[Callback]:
+    """The ``callbacks`` config (name -> config with ``_target_``), instantiated in order.
+
+    This is where callbacks beyond the schedule and the checkpoints join the run, e.g. the
+    report callback of :mod:`pidsched.viz` (``pid_history.csv``, ``pid_curves.png``, W&B charts).
+    A ``null`` entry is skipped, so ``callbacks.report=null`` removes one.
+    """
+    return [instantiate(c) for c in (callbacks_cfg or {}).values() if c is not None]
+
+
+def final_pid(history: list[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The last probe's decomposition (bits), or None when nothing was measured."""
+    if not history:
+        return None
+    record = history[-1]
+    keys = ("epoch", "stage", "unique", "redundancy", "synergy", "mutual_information")
+    return {key: record[key] for key in keys if key in record}
+
+
+def test_accuracies(metrics: Mapping[str, float], modality_names: tuple[str, ...]) -> dict:
+    """``{modality: acc, ..., "fused": acc}`` from ``trainer.test`` metrics (``test/acc_*``)."""
+    return {
+        head: float(metrics[f"test/acc_{head}"])
+        for head in (*modality_names, "fused")
+        if f"test/acc_{head}" in metrics
+    }
+
+
+def _switch_epoch(scheduler: Any) -> int | None:
+    """First epoch of stage 2: 0 for a schedule without stage 1 (joint from the start)."""
+    if scheduler.controller.initial_stage == JOINT_STAGE:
+        return 0
+    return scheduler.switch_epoch
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """The short table printed at the end of a run."""
+    accuracy = " | ".join(f"{head} {acc:.4f}" for head, acc in summary["test_acc"].items())
+    pid = summary["final_pid"]
+    if pid is None:
+        pid_line = "not measured (no probe in this run)"
+    else:
+        unique = " | ".join(f"U[{m}] {u:.3f}" for m, u in pid["unique"].items())
+        pid_line = (
+            f"epoch {pid['epoch']}: {unique} | R {pid['redundancy']:.3f} | S {pid['synergy']:.3f}"
+        )
+    switch = summary["switch_epoch"]
+    rows = [
+        ("schedule", summary["schedule"]),
+        ("switch epoch", "none (stage 1 never ended)" if switch is None else str(switch)),
+        ("selected epoch", f"{summary['selected_epoch']}  ({summary['selection_reason']})"),
+        ("test accuracy", accuracy),
+        ("final PID (bits)", pid_line),
+        ("run directory", summary["run_dir"]),
+    ]
+    width = max(len(label) for label, _ in rows)
+    lines = [f"  {label.ljust(width)}  {value}" for label, value in rows]
+    return "\n".join(["", "pidsched-train summary", *lines, ""])
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Run one experiment from a composed config; return the summary (also written to disk)."""
+    if cfg.get("cpu_threads"):
+        torch.set_num_threads(int(cfg.cpu_threads))
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule = instantiate(cfg.data)
+    model = build_model(cfg.model, datamodule)
+    scheduler = instantiate(cfg.schedule, num_classes=int(datamodule.num_classes))
+    checkpoint_dir = run_dir / CHECKPOINT_DIRNAME
+    selection = JointStageCheckpoint(checkpoint_dir, scheduler, **cfg.selection)
+    last = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0)
+    logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    trainer = L.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        default_root_dir=str(run_dir),
+        callbacks=[scheduler, selection, last, *build_extra_callbacks(cfg.get("callbacks"))],
+        logger=logger,
+    )
+    if logger:
+        trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    trainer.fit(model, datamodule=datamodule)
+    # trainer.test restores the selected checkpoint, callback states included, so everything
+    # the summary reports about the fit is read before it.
+    final_epoch = max(trainer.current_epoch - 1, 0)
+    history = RunHistory.from_callback(scheduler, final_epoch=final_epoch)
+    summary = {
+        "schedule": HydraConfig.get().runtime.choices.get("schedule", "custom"),
+        "seed": int(cfg.seed),
+        "selected_epoch": selection.best_epoch,
+        "selection_reason": selection.reason(),
+        "selection_monitor": selection.monitor,
+        "selection_score": selection.best_score,
+        "checkpoint": selection.best_path,
+        "switch_epoch": _switch_epoch(scheduler),
+        "final_epoch": final_epoch,
+        "final_pid": final_pid(history.records),
+        "run_dir": str(run_dir),
+    }
+    # Tested once, on the validation-selected checkpoint (final weights if there is none).
+    test_metrics = trainer.test(model, datamodule=datamodule, ckpt_path=selection.best_path)[0]
+    summary["test_acc"] = test_accuracies(test_metrics, tuple(datamodule.modality_names))
+    if trainer.is_global_zero:
+        write_history_json(history, run_dir / HISTORY_JSON_NAME)
+        (run_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
+        print(format_summary(summary))
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="pkg://pidsched.conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    """Console entry point ``pidsched-train``.
+
+    Returns:
+        The validation score of the selected checkpoint (for Hydra sweepers; never a test
+        number, so a sweep cannot select on the test split).
+    """
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    return train(cfg, run_dir)["selection_score"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,448 @@
+"""Audio-visual DataModules (CREMA-D, AVE, Kinetics-Sounds) with the standard preprocessing.
+
+The pipeline of the OGM-GE lineage (METHOD.md section 5):
+
+* **audio** - a wav file, mixed to mono, resampled to 22,050 Hz, tiled to 3 s, clipped to
+  [-1, 1]; STFT with ``n_fft=512``, ``hop_length=353`` (Hann window, centred with zero
+  padding: librosa's defaults, which the lineage used) and
+  ``log(|X| + 1e-7)`` gives a spectrogram ``(1, 257, 188)``;
+* **visual** - frames extracted at 1 fps as jpg files; ``num_frames`` of them (a random sorted
+  subset for training, evenly spaced otherwise); training: ``RandomResizedCrop`` and a
+  horizontal flip, evaluation: ``Resize``; ImageNet mean/std. Shape ``(T, 3, S, S)``.
+
+Each data set is read from one directory (``root``) holding an audio folder, a frame folder
+and split files; the expected names are class attributes, given in each class docstring and
+in the error raised when something is missing. Where a data set has no validation split,
+validation is carved from its training split, stratified, with a fixed seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import wave
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from scipy.signal import resample_poly
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+from typing_extensions import override
+
+from pidsched.data.in_memory import check_split_fractions, stratified_split
+
+SAMPLE_RATE = 22_050  # Hz
+CLIP_SECONDS = 3
+N_FFT = 512
+HOP_LENGTH = 353
+SPECTROGRAM_SHAPE = (1, N_FFT // 2 + 1, 1 + SAMPLE_RATE * CLIP_SECONDS // HOP_LENGTH)  # 257 x 188
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_FRAME_SUFFIXES = (".jpg", ".jpeg")
+
+
+def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
+    """Read a PCM wav file (8, 16, 24 or 32 bit) as mono float samples in [-1, 1].
+
+    Returns:
+        ``(samples (L,) float32, sample rate in Hz)``.
+    """
+    with wave.open(str(path), "rb") as wav:
+        channels, width, rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
+        raw = wav.readframes(wav.getnframes())
+    if width == 1:  # 8-bit wav is unsigned
+        samples = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
+    elif width == 3:
+        padded = np.frombuffer(raw, np.uint8).reshape(-1, 3)
+        as_int = (
+            padded[:, 0].astype(np.int32) << 8
+            | padded[:, 1].astype(np.int32) << 16
+            | padded[:, 2].astype(np.int32) << 24
+        )
+        samples = as_int.astype(np.float32) / 2.0**31
+    elif width in (2, 4):
+        dtype = np.int16 if width == 2 else np.int32
+        samples = np.frombuffer(raw, dtype).astype(np.float32) / float(2 ** (8 * width - 1))
+    else:
+        raise ValueError(f"{path}: unsupported sample width of {width} bytes.")
+    return samples.reshape(-1, channels).mean(axis=1), rate
+
+
+def log_spectrogram(samples: np.ndarray, rate: int) -> Tensor:
+    """The audio preprocessing of the lineage: resample, tile to 3 s, clip, log |STFT|.
+
+    Args:
+        samples: mono waveform ``(L,)``, nominally in [-1, 1].
+        rate: its sample rate in Hz.
+
+    Returns:
+        ``log(|STFT| + 1e-7)`` of shape ``(1, 257, 188)``, float32.
+    """
+    if samples.size == 0:
+        raise ValueError("the audio clip is empty; every clip needs at least one sample.")
+    if rate != SAMPLE_RATE:
+        common = math.gcd(rate, SAMPLE_RATE)
+        samples = resample_poly(samples, SAMPLE_RATE // common, rate // common)
+    length = SAMPLE_RATE * CLIP_SECONDS
+    tiled = np.tile(samples, math.ceil(length / samples.size))[:length]
+    waveform = torch.from_numpy(np.clip(tiled, -1.0, 1.0).astype(np.float32))
+    stft = torch.stft(
+        waveform,
+        n_fft=N_FFT,
+        hop_length=HOP_LENGTH,
+        window=torch.hann_window(N_FFT),
+        center=True,
+        pad_mode="constant",
+        return_complex=True,
+    )
+    return torch.log(stft.abs() + 1e-7).unsqueeze(0)
+
+
+def frame_transform(train: bool, image_size: int = 224) -> transforms.Compose:
+    """Per-frame transform: crop+flip augmentation for training, resize otherwise."""
+    if train:
+        geometry = [transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip()]
+    else:
+        geometry = [transforms.Resize((image_size, image_size))]
+    return transforms.Compose(
+        [*geometry, transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    )
+
+
+def select_frames(num_available: int, num_frames: int, train: bool) -> list[int]:
+    """Indices of the frames to load, in time order.
+
+    Training draws a random sorted subset (with ``torch``'s RNG, so dataloader workers differ);
+    evaluation takes evenly spaced frames. Clips with fewer frames than asked repeat frames.
+    """
+    if train and num_available >= num_frames:
+        return sorted(torch.randperm(num_available)[:num_frames].tolist())
+    return torch.linspace(0, num_available - 1, num_frames).round().long().tolist()
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One labelled sample: its id (file stem / frame folder name) and class index."""
+
+    clip_id: str
+    label: int
+
+
+class AudioVisualClipDataset(Dataset):
+    """Loads ``({"audio": (1, 257, 188), "visual": (T, 3, S, S)}, label)`` per clip.
+
+    Args:
+        clips: the samples of this split.
+        audio_dir: folder of ``<clip_id>.wav`` files.
+        visual_dir: folder of ``<clip_id>/`` frame folders (jpg, sorted by name = time).
+        num_frames: frames per sample ``T``.
+        train: use training augmentation and random frame choice.
+        image_size: side ``S`` of the square frames.
+    """
+
+    def __init__(
+        self,
+        clips: Sequence[Clip],
+        audio_dir: Path,
+        visual_dir: Path,
+        num_frames: int,
+        train: bool,
+        image_size: int = 224,
+    ) -> None:
+        self.clips = list(clips)
+        self.audio_dir = audio_dir
+        self.visual_dir = visual_dir
+        self.num_frames = num_frames
+        self.train = train
+        self.transform = frame_transform(train, image_size)
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int) -> tuple[dict[str, Tensor], Tensor]:
+        clip = self.clips[index]
+        audio = log_spectrogram(*read_wav(self.audio_dir / f"{clip.clip_id}.wav"))
+        frame_paths = _frame_files(self.visual_dir / clip.clip_id)
+        chosen = select_frames(len(frame_paths), self.num_frames, self.train)
+        frames = []
+        for i in chosen:
+            with Image.open(frame_paths[i]) as image:
+                frames.append(self.transform(image.convert("RGB")))
+        return {"audio": audio, "visual": torch.stack(frames)}, torch.tensor(clip.label)
+
+
+def _frame_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in _FRAME_SUFFIXES)
+
+
+class AudioVisualDataModule(L.LightningDataModule, ABC):
+    """Shared logic of the audio-visual DataModules; subclasses name files and parse splits.
+
+    Subclasses set ``audio_dirname``, ``visual_dirname`` and ``split_files`` (split name ->
+    file name; a missing ``"val"`` entry means validation is carved from training) and
+    implement :meth:`parse_split_file` and :meth:`class_names_from`.
+
+    Args:
+        root: the data set directory.
+        num_frames: frames per clip fed to the visual encoder (None: the data set's usual
+            number, ``default_num_frames``).
+        val_fraction: share of each training class carved out for validation when the data
+            set has no validation split.
+        seed: seed of that carving.
+        image_size: side of the square frames (224 in the lineage).
+        batch_size: clips per batch.
+        num_workers: dataloader worker processes.
+
+    Raises:
+        FileNotFoundError: when ``root`` lacks a folder, split file, wav file or frame folder;
+            the message lists the expected layout and what is missing.
+    """
+
+    audio_dirname: ClassVar[str]
+    visual_dirname: ClassVar[str]
+    split_files: ClassVar[dict[str, str]]
+    default_num_frames: ClassVar[int] = 3
+    modality_names = ("audio", "visual")
+
+    def __init__(
+        self,
+        root: str | Path,
+        num_frames: int | None = None,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        image_size: int = 224,
+        batch_size: int = 64,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        num_frames = self.default_num_frames if num_frames is None else num_frames
+        if num_frames < 1 or image_size < 1 or batch_size < 1 or num_workers < 0:
+            raise ValueError(
+                f"num_frames={num_frames}, image_size={image_size} and batch_size={batch_size} "
+                f"must be positive and num_workers={num_workers} non-negative."
+            )
+        check_split_fractions([val_fraction])
+        self.root = Path(root).expanduser()
+        self.num_frames = num_frames
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.modality_kinds = {"audio": "audio", "visual": "visual"}
+        self.audio_dir = self.root / self.audio_dirname
+        self.visual_dir = self.root / self.visual_dirname
+        rows = self._read_rows()
+        self.class_names = self.class_names_from(rows)
+        self.clips = self._labelled_splits(rows)
+        self._check_media()
+        self.num_classes = len(self.class_names)
+        self.input_shapes = {
+            "audio": SPECTROGRAM_SHAPE,
+            "visual": (num_frames, 3, image_size, image_size),
+        }
+
+    @abstractmethod
+    def parse_split_file(self, path: Path) -> list[tuple[str, str]]:
+        """Return ``(clip_id, class name)`` rows of one split file."""
+
+    @abstractmethod
+    def class_names_from(self, rows: dict[str, list[tuple[str, str]]]) -> tuple[str, ...]:
+        """The class names in label-index order, given every split's rows."""
+
+    def expected_layout(self) -> str:
+        """The directory tree this DataModule reads, for error messages and docs."""
+        splits = "\n".join(
+            f"  {name}    ({split} split)" for split, name in self.split_files.items()
+        )
+        return (
+            f"{self.root}/\n"
+            f"  {self.audio_dirname}/<clip_id>.wav\n"
+            f"  {self.visual_dirname}/<clip_id>/<frame>.jpg   (1 fps, sorted by name)\n"
+            f"{splits}"
+        )
+
+    def _missing(self, what: Sequence[str]) -> FileNotFoundError:
+        listed = "\n".join(f"  - {w}" for w in what[:10])
+        more = f"\n  ... and {len(what) - 10} more" if len(what) > 10 else ""
+        return FileNotFoundError(
+            f"{type(self).__name__}: the data root is missing or incomplete.\n"
+            f"Expected layout:\n{self.expected_layout()}\nMissing:\n{listed}{more}"
+        )
+
+    def _read_rows(self) -> dict[str, list[tuple[str, str]]]:
+        needed = [self.root / name for name in self.split_files.values()]
+        needed += [self.audio_dir, self.visual_dir]
+        missing = [str(p) for p in needed if not p.exists()]
+        if missing:
+            raise self._missing(missing)
+        return {
+            split: self.parse_split_file(self.root / name)
+            for split, name in self.split_files.items()
+        }
+
+    def _labelled_splits(self, rows: dict[str, list[tuple[str, str]]]) -> dict[str, list[Clip]]:
+        index = {name: i for i, name in enumerate(self.class_names)}
+        clips = {split: [Clip(c, index[label]) for c, label in r] for split, r in rows.items()}
+        if "val" not in clips:
+            labels = torch.tensor([c.label for c in clips["train"]])
+            train, val = stratified_split(labels, [self.val_fraction], self.seed)
+            clips["val"] = [clips["train"][i] for i in val.tolist()]
+            clips["train"] = [clips["train"][i] for i in train.tolist()]
+        return clips
+
+    def _check_media(self) -> None:
+        missing = []
+        for clip in (c for split in self.clips.values() for c in split):
+            wav = self.audio_dir / f"{clip.clip_id}.wav"
+            frames = self.visual_dir / clip.clip_id
+            if not wav.is_file():
+                missing.append(str(wav))
+            if not frames.is_dir() or not _frame_files(frames):
+                missing.append(f"{frames}/*.jpg")
+        if missing:
+            raise self._missing(missing)
+
+    def _loader(self, split: str) -> DataLoader:
+        train = split == "train"
+        dataset = AudioVisualClipDataset(
+            self.clips[split],
+            self.audio_dir,
+            self.visual_dir,
+            self.num_frames,
+            train,
+            self.image_size,
+        )
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    @override
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    @override
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    @override
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+
+def _read_label_last_csv(path: Path) -> list[tuple[str, str]]:
+    """Rows ``clip_id,...,label`` (first field the clip, last the label); blank lines skipped."""
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        return [(row[0].strip(), row[-1].strip()) for row in csv.reader(handle) if row]
+
+
+class CremaDDataModule(AudioVisualDataModule):
+    """CREMA-D: 6 emotions, 7,442 clips (usual split 6,698 train / 744 test).
+
+    Layout (the OGM-GE preprocessing)::
+
+        root/AudioWAV/<clip_id>.wav            e.g. 1001_DFA_ANG_XX.wav
+        root/Image-01-FPS/<clip_id>/*.jpg      frames at 1 fps
+        root/train.csv, root/test.csv          rows "<clip_id>,<EMOTION>"
+
+    Emotion codes map to labels in the lineage's order NEU HAP SAD FEA DIS ANG. The lineage
+    uses one frame per clip (``num_frames=1``).
+    """
+
+    audio_dirname = "AudioWAV"
+    visual_dirname = "Image-01-FPS"
+    split_files: ClassVar[dict[str, str]] = {"train": "train.csv", "test": "test.csv"}
+    default_num_frames = 1
+    EMOTIONS = ("NEU", "HAP", "SAD", "FEA", "DIS", "ANG")
+
+    @override
+    def parse_split_file(self, path: Path) -> list[tuple[str, str]]:
+        rows = _read_label_last_csv(path)
+        unknown = sorted({label for _, label in rows} - set(self.EMOTIONS))
+        if unknown:
+            raise ValueError(f"{path}: unknown emotion codes {unknown}; expected {self.EMOTIONS}.")
+        return rows
+
+    @override
+    def class_names_from(self, rows: dict[str, list[tuple[str, str]]]) -> tuple[str, ...]:
+        return self.EMOTIONS
+
+
+class AVEDataModule(AudioVisualDataModule):
+    """AVE (Audio-Visual Event): 28 event classes, 4,143 ten-second videos, official splits.
+
+    Layout (official annotation files; audio and frames extracted per video)::
+
+        root/audio/<video_id>.wav
+        root/visual/<video_id>/*.jpg            frames at 1 fps (10 per video)
+        root/trainSet.txt, root/valSet.txt, root/testSet.txt
+            rows "Category&VideoID&Quality&StartTime&EndTime"
+
+    AVE ships a validation split, which is used as is. Classes are the sorted category names
+    found in the three split files.
+    """
+
+    audio_dirname = "audio"
+    visual_dirname = "visual"
+    split_files: ClassVar[dict[str, str]] = {
+        "train": "trainSet.txt",
+        "val": "valSet.txt",
+        "test": "testSet.txt",
+    }
+
+    @override
+    def parse_split_file(self, path: Path) -> list[tuple[str, str]]:
+        rows = []
+        for line in path.read_text(encoding="utf-8-sig").splitlines():
+            fields = line.strip().split("&")
+            if len(fields) >= 2:
+                rows.append((fields[1].strip(), fields[0].strip()))
+        return rows
+
+    @override
+    def class_names_from(self, rows: dict[str, list[tuple[str, str]]]) -> tuple[str, ...]:
+        return tuple(sorted({label for split in rows.values() for _, label in split}))
+
+
+class KineticsSoundsDataModule(AudioVisualDataModule):
+    """Kinetics-Sounds (31 classes in the OGM-GE split, 14,799 train / 2,597 test).
+
+    Layout::
+
+        root/audio/<clip_id>.wav
+        root/visual/<clip_id>/*.jpg             frames at 1 fps
+        root/my_train.txt, root/my_test.txt     rows "<clip_id>,...,<label>"
+
+    The label is the last comma-separated field (a class name or an integer class index, as
+    in OGM-GE's split files). Classes are the labels of the training split, sorted
+    (numerically when all are integers).
+    """
+
+    audio_dirname = "audio"
+    visual_dirname = "visual"
+    split_files: ClassVar[dict[str, str]] = {"train": "my_train.txt", "test": "my_test.txt"}
+
+    @override
+    def parse_split_file(self, path: Path) -> list[tuple[str, str]]:
+        return _read_label_last_csv(path)
+
+    @override
+    def class_names_from(self, rows: dict[str, list[tuple[str, str]]]) -> tuple[str, ...]:
+        labels = {label for _, label in rows["train"]}
+        unseen = sorted({label for _, label in rows["test"]} - labels)
+        if unseen:
+            raise ValueError(f"test labels {unseen} never occur in the training split.")
+        numeric = all(label.lstrip("-").isdigit() for label in labels)
+        return tuple(sorted(labels, key=int if numeric else str))

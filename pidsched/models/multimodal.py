@@ -1,0 +1,365 @@
+"""``MultimodalClassifier``: a late-fusion LightningModule with one unimodal head per modality.
+
+Each modality m has a branch: ``encoders[m]`` (inputs -> features ``(N, D_m)``) and a linear
+head ``heads[m]`` (features -> logits ``(N, K)``); a fusion head maps all features to fused
+logits. The module trains in one of two stages, set from outside through
+:meth:`MultimodalClassifier.set_training_stage` (it knows nothing about PID):
+
+- ``"unimodal"``: loss = sum over trained branches of CE(head_m); the fusion head is idle.
+- ``"joint"``: loss = CE(fused) + ``unimodal_weight`` x sum over trained branches of CE(head_m).
+
+A paused branch is in ``eval()`` (BatchNorm neither normalises with batch statistics nor updates
+its running statistics), runs without autograd and contributes no loss, so its parameters get no
+gradient at all: optimisers skip them (no momentum, no weight decay) and DDP with
+``find_unused_parameters=True`` keeps them in sync.
+
+Batches are ``(inputs: dict[str, Tensor], target: Tensor)`` with integer targets ``(N,)``.
+Optimiser and scheduler settings are plain dicts (Hydra-friendly, stored in the checkpoint's
+hyperparameters): ``{"name": "SGD", "lr": 0.01, ...}`` where ``name`` is a class in
+``torch.optim`` (or ``torch.optim.lr_scheduler``) or a dotted import path; a scheduler dict may
+also hold Lightning's ``interval``, ``frequency`` and ``monitor`` keys.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+from typing_extensions import override
+
+from pidsched.models.fusion import ConcatFusion, SumFusion, build_fusion
+from pidsched.models.protocol import check_stage
+
+__all__ = ["STAGE1_OPTIMIZER", "STAGE2_OPTIMIZER", "MultimodalClassifier"]
+
+# The paper's settings (METHOD.md section 3).
+STAGE1_OPTIMIZER: dict[str, Any] = {
+    "name": "SGD",
+    "lr": 1e-2,
+    "momentum": 0.9,
+    "weight_decay": 1e-4,
+}
+STAGE2_OPTIMIZER: dict[str, Any] = {
+    "name": "SGD",
+    "lr": 5e-4,
+    "momentum": 0.9,
+    "weight_decay": 1e-4,
+}
+_LIGHTNING_SCHEDULER_KEYS = ("interval", "frequency", "monitor")
+
+
+def _plain(value: Any) -> Any:
+    """Copy mappings and sequences (e.g. OmegaConf containers) into plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {str(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _resolve_class(name: str, namespace: Any, argument: str) -> type:
+    if "." in name:
+        module_name, _, attribute = name.rpartition(".")
+        try:
+            return getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError):
+            raise ValueError(f"`{argument}`: cannot import {name!r}.") from None
+    if not hasattr(namespace, name):
+        raise ValueError(
+            f"`{argument}`: {name!r} is not in {namespace.__name__}; "
+            "give a class name from there or a dotted import path."
+        )
+    return getattr(namespace, name)
+
+
+def _check_spec(argument: str, spec: Any, namespace: Any) -> dict[str, Any] | None:
+    if spec is None:
+        return None
+    if not isinstance(spec, Mapping) or "name" not in spec:
+        raise TypeError(
+            f"`{argument}` must be a dict like {{'name': 'SGD', 'lr': 0.01}}, got {spec!r}."
+        )
+    spec = _plain(spec)
+    _resolve_class(spec["name"], namespace, argument)
+    return spec
+
+
+def build_optimizer(spec: Mapping[str, Any], params: Iterable[Tensor]) -> torch.optim.Optimizer:
+    """Build an optimiser from ``{"name": ..., **kwargs}`` over ``params``."""
+    kwargs = {key: value for key, value in spec.items() if key != "name"}
+    return _resolve_class(spec["name"], torch.optim, "optimizer")(params, **kwargs)
+
+
+def build_scheduler(spec: Mapping[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Build a Lightning scheduler config from ``{"name": ..., interval?, frequency?, monitor?,
+    **kwargs}`` attached to ``optimizer``."""
+    kwargs = {
+        key: value
+        for key, value in spec.items()
+        if key != "name" and key not in _LIGHTNING_SCHEDULER_KEYS
+    }
+    scheduler_class = _resolve_class(spec["name"], torch.optim.lr_scheduler, "scheduler")
+    config = {"scheduler": scheduler_class(optimizer, **kwargs)}
+    config.update({key: spec[key] for key in _LIGHTNING_SCHEDULER_KEYS if key in spec})
+    return config
+
+
+class MultimodalClassifier(LightningModule):
+    """Late-fusion classifier with per-modality branches, trained in two stages.
+
+    Implements :class:`pidsched.models.MultimodalModule`. Logs, per split ``train``/``val``/
+    ``test``: ``<split>/loss`` (the stage's loss; in val/test with every branch),
+    ``<split>/loss_<m>``, ``<split>/acc_<m>``, ``<split>/loss_fused``, ``<split>/acc_fused``
+    (in training the fused head is evaluated in stage 2 only).
+
+    Args:
+        encoders: ``{modality: nn.Module}`` mapping inputs to features ``(N, feature_dims[m])``;
+            its order is the modality order.
+        feature_dims: ``{modality: D_m}``, the same names as ``encoders``.
+        num_classes: K >= 2.
+        fusion: ``"concat"``, ``"sum"``, ``"film"`` or ``"gated"`` (the last two: two modalities).
+        unimodal_weight: weight of each unimodal CE in the stage-2 loss (0.6 in the paper).
+        stage1_optimizer: stage-1 optimiser dict; None = SGD lr 1e-2, momentum 0.9, wd 1e-4.
+        stage2_optimizer: stage-2 optimiser dict; None = SGD lr 5e-4, momentum 0.9, wd 1e-4.
+        stage2_scheduler: stage-2 scheduler dict attached to the stage-2 optimiser, e.g.
+            ``{"name": "StepLR", "step_size": 70, "gamma": 0.1}``; None keeps the lr constant.
+
+    Raises:
+        TypeError: ``encoders`` is not a mapping of modules, or an optimiser dict is malformed.
+        ValueError: names do not match, a size is out of range or a class name is unknown.
+
+    Example::
+
+        >>> from torch import nn
+        >>> model = MultimodalClassifier(
+        ...     {"audio": nn.Linear(8, 4), "video": nn.Linear(6, 4)}, {"audio": 4, "video": 4}, 3
+        ... )
+        >>> inputs = {"audio": torch.randn(5, 8), "video": torch.randn(5, 6)}
+        >>> model(inputs).shape, model.modality_logits(inputs)["audio"].shape
+        (torch.Size([5, 3]), torch.Size([5, 3]))
+    """
+
+    def __init__(
+        self,
+        encoders: Mapping[str, nn.Module],
+        feature_dims: Mapping[str, int],
+        num_classes: int,
+        fusion: str = "concat",
+        unimodal_weight: float = 0.6,
+        stage1_optimizer: Mapping[str, Any] | None = None,
+        stage2_optimizer: Mapping[str, Any] | None = None,
+        stage2_scheduler: Mapping[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        _check_encoders(encoders, feature_dims)
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"`num_classes` must be an int >= 2, got {num_classes!r}.")
+        if not unimodal_weight >= 0:
+            raise ValueError(f"`unimodal_weight` must be >= 0, got {unimodal_weight!r}.")
+        # Plain values only, so that checkpoints load with torch.load(weights_only=True).
+        feature_dims = {name: int(feature_dims[name]) for name in encoders}
+        stage1_optimizer = _check_spec("stage1_optimizer", stage1_optimizer, torch.optim)
+        stage2_optimizer = _check_spec("stage2_optimizer", stage2_optimizer, torch.optim)
+        stage2_scheduler = _check_spec(
+            "stage2_scheduler", stage2_scheduler, torch.optim.lr_scheduler
+        )
+        self.save_hyperparameters(ignore=["encoders"])
+
+        self.modality_names: tuple[str, ...] = tuple(encoders)
+        self.num_classes = num_classes
+        self.unimodal_weight = float(unimodal_weight)
+        self.encoders = nn.ModuleDict(dict(encoders))
+        self.heads = nn.ModuleDict(
+            {name: nn.Linear(feature_dims[name], num_classes) for name in self.modality_names}
+        )
+        self.fusion = build_fusion(fusion, feature_dims, num_classes)
+        self.stage1_optimizer = stage1_optimizer or dict(STAGE1_OPTIMIZER)
+        self.stage2_optimizer = stage2_optimizer or dict(STAGE2_OPTIMIZER)
+        self.stage2_scheduler = stage2_scheduler
+        self.stage = "unimodal"
+        self.paused: frozenset[str] = frozenset()
+
+    # --- the MultimodalModule protocol -------------------------------------------------------
+
+    def set_training_stage(self, stage: str, paused: Iterable[str] = frozenset()) -> None:
+        """Set the stage (``"unimodal"`` or ``"joint"``) and the paused branches.
+
+        Paused branches are put in ``eval()`` now and stay there through ``train()`` calls.
+        The next ``configure_optimizers`` call builds the optimiser of ``stage``.
+
+        Raises:
+            ValueError: unknown stage or names, or every branch paused in stage 1.
+        """
+        self.paused = check_stage(stage, paused, self.modality_names)
+        self.stage = stage
+        self.train(self.training)
+
+    def modality_features(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Encoder features ``{m: (N, D_m)}`` for every modality."""
+        return {name: self.encoders[name](inputs[name]) for name in self.modality_names}
+
+    def modality_logits(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Unimodal logits ``{m: (N, K)}`` for every modality."""
+        features = self.modality_features(inputs)
+        return {name: self.heads[name](features[name]) for name in self.modality_names}
+
+    def modality_contributions(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Each modality's additive share of the fused logits ``{m: (N, K)}``; they sum to them.
+
+        Defined for the additive fusion heads (what OGM-GE needs): ``concat`` gives modality m
+        the columns of the fused linear layer that read its features plus the bias split evenly
+        over the M modalities (OGM-GE's ``bias / 2`` for two); ``sum`` gives modality m its own
+        linear layer, bias included.
+
+        Args:
+            features: encoder features ``{m: (N, D_m)}``, e.g. from :meth:`modality_features`.
+
+        Raises:
+            TypeError: the fusion head is not additive (``film``, ``gated``).
+        """
+        if isinstance(self.fusion, SumFusion):
+            return {name: self.fusion.linears[name](features[name]) for name in self.modality_names}
+        if not isinstance(self.fusion, ConcatFusion):
+            raise TypeError(
+                f"per-modality contributions need an additive fusion head (concat or sum), got "
+                f"{type(self.fusion).__name__}; build the model with fusion='concat' or 'sum'."
+            )
+        linear = self.fusion.linear
+        widths = [self.hparams["feature_dims"][name] for name in self.fusion.names]
+        bias_share = linear.bias / len(widths)
+        return {
+            name: F.linear(features[name], weight, bias_share)
+            for name, weight in zip(
+                self.fusion.names, linear.weight.split(widths, dim=1), strict=True
+            )
+        }
+
+    # --- forward and losses ------------------------------------------------------------------
+
+    @override
+    def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        """Fused logits ``(N, K)``."""
+        return self.fusion(self.modality_features(inputs))
+
+    @override
+    def train(self, mode: bool = True) -> MultimodalClassifier:
+        """Like ``nn.Module.train`` but paused branches stay in ``eval()``."""
+        super().train(mode)
+        for name in self.paused:
+            self.encoders[name].eval()
+            self.heads[name].eval()
+        return self
+
+    def _branch_features(self, inputs: Mapping[str, Tensor], names: Iterable[str]) -> dict:
+        features = {}
+        for name in names:
+            if name in self.paused and self.training:
+                # No autograd through a paused branch: its parameters get no gradient at all.
+                with torch.no_grad():
+                    features[name] = self.encoders[name](inputs[name])
+            else:
+                features[name] = self.encoders[name](inputs[name])
+        return features
+
+    def _evaluate(self, batch: Any, split: str) -> dict[str, Any]:
+        inputs, target = _unpack_batch(batch, self.modality_names)
+        training = split == "train"
+        trained = [name for name in self.modality_names if not (training and name in self.paused)]
+        # Stage-1 training needs neither the paused branches nor the fusion head.
+        needs_all = not training or self.stage == "joint"
+        features = self._branch_features(inputs, self.modality_names if needs_all else trained)
+        logits = {name: self.heads[name](features[name]) for name in features}
+        fused = self.fusion(features) if needs_all else None
+
+        losses = {name: F.cross_entropy(logits[name], target) for name in logits}
+        loss = sum(losses[name] for name in trained)
+        if self.stage == "joint":
+            losses["fused"] = F.cross_entropy(fused, target)
+            loss = losses["fused"] + self.unimodal_weight * loss
+        elif fused is not None:
+            losses["fused"] = F.cross_entropy(fused, target)
+        predictions = dict(logits, fused=fused) if fused is not None else logits
+        self._log_split(split, loss, losses, predictions, target)
+        return {"loss": loss, "modality_logits": logits, "modality_features": features}
+
+    def _log_split(
+        self,
+        split: str,
+        loss: Tensor,
+        losses: Mapping[str, Tensor],
+        predictions: Mapping[str, Tensor],
+        target: Tensor,
+    ) -> None:
+        batch_size = target.shape[0]
+        distributed = split != "train"
+        values = {f"{split}/loss_{name}": value for name, value in losses.items()}
+        values.update(
+            {
+                f"{split}/acc_{name}": (logits.argmax(dim=-1) == target).float().mean()
+                for name, logits in predictions.items()
+            }
+        )
+        self.log_dict(values, batch_size=batch_size, sync_dist=distributed)
+        self.log(f"{split}/loss", loss, batch_size=batch_size, sync_dist=distributed, prog_bar=True)
+
+    @override
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._evaluate(batch, "train")["loss"]
+
+    @override
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        """Return the loss and the per-modality logits and features (reused by the callback)."""
+        return self._evaluate(batch, "val")
+
+    @override
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    @override
+    def configure_optimizers(self) -> Any:
+        """The optimiser (and, in stage 2, the scheduler) of the current stage."""
+        if self.stage == "unimodal":
+            return build_optimizer(self.stage1_optimizer, self.parameters())
+        optimizer = build_optimizer(self.stage2_optimizer, self.parameters())
+        if self.stage2_scheduler is None:
+            return optimizer
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": build_scheduler(self.stage2_scheduler, optimizer),
+        }
+
+
+def _check_encoders(encoders: Any, feature_dims: Any) -> None:
+    if not isinstance(encoders, Mapping) or not all(
+        isinstance(encoder, nn.Module) for encoder in encoders.values()
+    ):
+        raise TypeError("`encoders` must be a mapping {modality name: nn.Module}.")
+    if len(encoders) < 2:
+        raise ValueError(f"`encoders` needs at least two modalities, got {list(encoders)}.")
+    if not isinstance(feature_dims, Mapping) or set(feature_dims) != set(encoders):
+        raise ValueError(
+            f"`feature_dims` must give one size per encoder {sorted(encoders)}, "
+            f"got {feature_dims!r}."
+        )
+    for name, dim in feature_dims.items():
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"`feature_dims[{name!r}]` must be a positive int, got {dim!r}.")
+
+
+def _unpack_batch(batch: Any, names: Iterable[str]) -> tuple[Mapping[str, Tensor], Tensor]:
+    """Split ``(inputs, target)`` and check that ``inputs`` holds every modality."""
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2 or not isinstance(batch[0], Mapping):
+        raise ValueError("batches must be (inputs: dict[str, Tensor], target: Tensor).")
+    inputs, target = batch
+    missing = set(names) - set(inputs)
+    if missing:
+        raise ValueError(
+            f"the batch has modalities {sorted(inputs)} but the model needs {sorted(names)}; "
+            f"missing {sorted(missing)}. Build the model with the data's modality names."
+        )
+    return inputs, target

@@ -1,0 +1,167 @@
+"""What ``PIDSchedulerCallback`` needs from a LightningModule, and a check naming what is missing.
+
+``MultimodalClassifier`` implements the protocol. Users with their own LightningModule implement
+it instead; nothing else about their module is assumed except the batch layout
+``(inputs: dict[str, Tensor], target: Tensor)`` of the validation data that the callback probes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+from torch import Tensor, nn
+
+__all__ = ["STAGES", "MultimodalModule", "check_multimodal_module"]
+
+STAGES = ("unimodal", "joint")
+
+
+@runtime_checkable
+class MultimodalModule(Protocol):
+    """The interface the callback drives.
+
+    Attributes:
+        modality_names: modality names, in the order used everywhere (history, logging).
+        encoders: one encoder per modality name.
+        heads: one unimodal classification head per modality name (the encoder and its head
+            form the modality's branch, which is paused and snapshotted as a unit).
+        num_classes: K, the number of classes.
+
+    Optional, only for probing on encoder features (``probe_inputs="features"``)::
+
+        def modality_features(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]: ...  # (N, D_m)
+
+    ``validation_step`` may return ``{"modality_logits": ..., "modality_features": ...}`` so that
+    the callback reuses them instead of running the branches again.
+    """
+
+    modality_names: Sequence[str]
+    encoders: nn.ModuleDict
+    heads: nn.ModuleDict
+    num_classes: int
+
+    def modality_logits(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Per-modality class logits, shape ``(N, K)`` each, keyed by modality name."""
+        ...
+
+    def set_training_stage(self, stage: str, paused: frozenset[str]) -> None:
+        """Set what is trained: stage ``"unimodal"`` or ``"joint"``; ``paused`` branches are in
+        ``eval()``, their outputs detached and their loss terms dropped; in ``"joint"`` the next
+        ``configure_optimizers`` call returns the stage-2 optimiser and scheduler."""
+        ...
+
+
+def _missing_members(module: object, require_features: bool) -> list[str]:
+    members = {
+        "modality_names": "a sequence of modality names",
+        "encoders": "an nn.ModuleDict with one encoder per modality",
+        "heads": "an nn.ModuleDict with one unimodal head per modality",
+        "num_classes": "the number of classes (int)",
+        "modality_logits": "a method inputs -> {modality: (N, K) logits}",
+        "set_training_stage": "a method (stage, paused) -> None",
+    }
+    if require_features:
+        members["modality_features"] = "a method inputs -> {modality: (N, D) features}"
+    problems = []
+    for name, what in members.items():
+        value = getattr(module, name, None)
+        if value is None:
+            problems.append(f"`{name}`: {what}")
+        elif name in (
+            "modality_logits",
+            "set_training_stage",
+            "modality_features",
+        ) and not callable(value):
+            problems.append(f"`{name}` must be callable ({what})")
+        elif name in ("encoders", "heads") and not isinstance(value, nn.ModuleDict):
+            problems.append(f"`{name}` must be an nn.ModuleDict, got {type(value).__name__}")
+    return problems
+
+
+def _name_problems(
+    module: object, expected_names: Collection[str] | None, num_classes: int | None
+) -> list[str]:
+    names = list(module.modality_names)
+    problems = []
+    if len(names) < 2 or len(set(names)) != len(names):
+        problems.append(f"`modality_names` must hold at least two distinct names, got {names}")
+    for attribute in ("encoders", "heads"):
+        keys = sorted(getattr(module, attribute).keys())
+        if keys != sorted(names):
+            problems.append(
+                f"`{attribute}` keys {keys} must equal `modality_names` {sorted(names)}"
+            )
+    if expected_names is not None and sorted(expected_names) != sorted(names):
+        problems.append(
+            f"the data provides modalities {sorted(expected_names)} but the model has "
+            f"{sorted(names)}; build the model with one encoder per data modality"
+        )
+    if num_classes is not None and module.num_classes != num_classes:
+        problems.append(
+            f"the model has num_classes={module.num_classes} but {num_classes} was expected; "
+            "pass the same num_classes to the model, the callback and the data"
+        )
+    return problems
+
+
+def check_multimodal_module(
+    module: object,
+    expected_names: Collection[str] | None = None,
+    num_classes: int | None = None,
+    *,
+    require_features: bool = False,
+) -> None:
+    """Check that ``module`` implements :class:`MultimodalModule`; list everything that is wrong.
+
+    Args:
+        module: the LightningModule to check.
+        expected_names: modality names the data provides (None skips this check).
+        num_classes: the number of classes expected (None skips this check).
+        require_features: also require ``modality_features`` (probing on encoder features).
+
+    Raises:
+        TypeError: a member of the protocol is missing or has the wrong type.
+        ValueError: the names or the number of classes do not match.
+
+    Example::
+
+        >>> check_multimodal_module(object())  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        TypeError: object does not implement pidsched.models.MultimodalModule; missing: ...
+    """
+    missing = _missing_members(module, require_features)
+    if missing:
+        raise TypeError(
+            f"{type(module).__name__} does not implement pidsched.models.MultimodalModule; "
+            f"missing: {'; '.join(missing)}. "
+            "Use pidsched.MultimodalClassifier or add these members."
+        )
+    problems = _name_problems(module, expected_names, num_classes)
+    if problems:
+        raise ValueError(f"{type(module).__name__} does not fit the run: {'; '.join(problems)}.")
+
+
+def check_stage(stage: str, paused: Collection[str], names: Sequence[str]) -> frozenset[str]:
+    """Validate a ``set_training_stage`` call and return ``paused`` as a frozenset.
+
+    Raises:
+        ValueError: unknown stage, unknown paused names, or every branch paused in stage 1.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"`stage` must be one of {STAGES}, got {stage!r}.")
+    paused = frozenset(paused)
+    unknown = paused - set(names)
+    if unknown:
+        raise ValueError(f"`paused` names {sorted(unknown)} are not modalities {list(names)}.")
+    if stage == "unimodal" and paused == set(names):
+        raise ValueError("`paused` holds every modality: stage 1 would train nothing.")
+    return paused
+
+
+def modality_outputs(outputs: object, key: str) -> Mapping[str, Tensor] | None:
+    """Return ``outputs[key]`` when a step returned a mapping holding it, else None."""
+    if isinstance(outputs, Mapping) and isinstance(outputs.get(key), Mapping):
+        return outputs[key]
+    return None

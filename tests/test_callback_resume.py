@@ -1,0 +1,94 @@
+"""Resuming a two-stage fit from a checkpoint gives the same decisions and weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _lightning_helpers import (
+    NUM_CLASSES,
+    assert_states_equal,
+    loaders,
+    make_model,
+    make_trainer,
+    single_thread,  # noqa: F401  (fixture)
+)
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from pidsched import PIDController, PIDSchedulerCallback
+
+MAX_EPOCHS = 7
+SIGNAL = {"a": 3.0, "b": 0.5}  # "a" dominates at once, so it is paused from epoch 1
+
+
+def _run(checkpoint_dir, ckpt_path=None):
+    controller = PIDController(min_unimodal_epochs=4, max_unimodal_epochs=4, max_switches=0)
+    callback = PIDSchedulerCallback(NUM_CLASSES, controller)
+    checkpoint = ModelCheckpoint(
+        dirpath=checkpoint_dir, filename="{epoch}", save_top_k=-1, every_n_epochs=1
+    )
+    model = make_model(stage2_scheduler={"name": "StepLR", "step_size": 1, "gamma": 0.7})
+    trainer = make_trainer(MAX_EPOCHS, [callback, checkpoint], enable_checkpointing=True)
+    trainer.fit(model, *loaders(signal=SIGNAL), ckpt_path=ckpt_path)
+    return trainer, callback, model
+
+
+def _decisions(callback):
+    return [(r["epoch"], r["stage"], r["paused"]) for r in callback.history]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted run that leaves a checkpoint after every epoch."""
+    checkpoint_dir = tmp_path_factory.mktemp("checkpoints")
+    trainer, callback, model = _run(checkpoint_dir)
+    # The interruption points below are where the test means them to be.
+    assert _decisions(callback)[:5] == [
+        (0, "unimodal", []),
+        (1, "unimodal", ["a"]),
+        (2, "unimodal", ["a"]),
+        (3, "unimodal", ["a"]),
+        (4, "joint", []),
+    ]
+    assert callback.switch_epoch == 4
+    return checkpoint_dir, trainer, callback, model
+
+
+@pytest.mark.parametrize(
+    "epoch", [1, 5], ids=["interrupted-while-a-is-paused", "interrupted-in-stage-2"]
+)
+def test_resume_gives_the_same_decisions_and_weights(reference, epoch, tmp_path):
+    checkpoint_dir, trainer, callback, model = reference
+    resumed_trainer, resumed, resumed_model = _run(
+        tmp_path, ckpt_path=checkpoint_dir / f"epoch={epoch}.ckpt"
+    )
+    assert _decisions(resumed) == _decisions(callback)
+    assert resumed.switch_epoch == callback.switch_epoch == 4
+    assert resumed.stage == "joint" and resumed_model.stage == "joint"
+    for record, expected in zip(resumed.history, callback.history, strict=True):
+        assert record["synergy"] == pytest.approx(expected["synergy"], abs=1e-6)
+    assert_states_equal(resumed_model.state_dict(), model.state_dict())
+    optimizer, expected_optimizer = resumed_trainer.optimizers[0], trainer.optimizers[0]
+    assert optimizer.param_groups[0]["lr"] == expected_optimizer.param_groups[0]["lr"]
+    for param, expected_param in zip(resumed_model.parameters(), model.parameters(), strict=True):
+        state, expected_state = optimizer.state[param], expected_optimizer.state[expected_param]
+        assert state.keys() == expected_state.keys()
+        for key in state:
+            assert torch.equal(state[key], expected_state[key])
+
+
+def test_checkpoint_state_is_versioned_plain_and_loads_safely(reference):
+    checkpoint_dir, *_ = reference
+    checkpoint = torch.load(checkpoint_dir / "epoch=2.ckpt", weights_only=True)
+    state = checkpoint["callbacks"]["PIDSchedulerCallback"]
+    assert state["version"] == PIDSchedulerCallback.STATE_VERSION
+    assert state["stage"] == "unimodal" and state["paused"] == ["a"]
+    assert state["switch_epoch"] is None and len(state["history"]) == 3
+    assert set(state["peak_snapshot"]) == {"encoders", "heads"}
+    assert all(t.device.type == "cpu" for t in state["peak_snapshot"]["encoders"].values())
+
+    # An older state without the newer keys still loads (defaults), a newer version is refused.
+    callback = PIDSchedulerCallback(NUM_CLASSES)
+    callback.load_state_dict({"stage": "joint", "switch_epoch": 3})
+    assert callback.stage == "joint" and callback.paused == frozenset() and callback.history == []
+    with pytest.raises(ValueError, match="newer pidsched"):
+        callback.load_state_dict({"version": PIDSchedulerCallback.STATE_VERSION + 1})
