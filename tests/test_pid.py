@@ -177,7 +177,10 @@ def _independent_gap_check(joint: torch.Tensor, result: PIDResult) -> float:
             break
     pair = q.sum(-1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        upper = np.where(q > 0, q * np.log(q), 0).sum() - np.where(pair > 0, pair * np.log(pair), 0).sum()
+        upper = (
+            np.where(q > 0, q * np.log(q), 0).sum()
+            - np.where(pair > 0, pair * np.log(pair), 0).sum()
+        )
     return (upper - lower) / math.log(2)
 
 

@@ -4,8 +4,8 @@ Composes the configs shipped as ``pidsched.conf`` (the top-level ``conf/`` of th
 then: seeds everything, builds the data module, one encoder per modality, the
 :class:`pidsched.MultimodalClassifier`, the schedule callback and the logger; fits; selects the
 checkpoint on validation only (best joint-stage epoch, :mod:`pidsched.cli.selection`); tests
-that checkpoint once; prints a short summary and writes ``summary.json`` and
-``pid_history.json`` into the run directory.
+that checkpoint once (accuracy and macro-F1 of every head); prints a short summary and writes
+``summary.json`` and ``pid_history.json`` into the run directory.
 
 Examples::
 
@@ -29,6 +29,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from torchmetrics.functional.classification import multiclass_f1_score
 
 from pidsched.cli.selection import JOINT_STAGE, JointStageCheckpoint
 from pidsched.viz.history import HISTORY_JSON_NAME, RunHistory, write_history_json
@@ -98,6 +99,35 @@ def test_accuracies(metrics: Mapping[str, float], modality_names: tuple[str, ...
         head: float(metrics[f"test/acc_{head}"])
         for head in (*modality_names, "fused")
         if f"test/acc_{head}" in metrics
+    }
+
+
+def test_macro_f1(model: nn.Module, datamodule: Any) -> dict[str, float]:
+    """``{modality: macro-F1, ..., "fused": macro-F1}`` of ``model`` on the test split.
+
+    Called after ``trainer.test`` has loaded the validation-selected checkpoint into ``model``,
+    so it scores the same weights as ``test_acc``; the Lightning module logs accuracy only, and
+    macro-F1 needs every prediction at once, hence this one extra pass over the test split.
+    """
+    device = next(model.parameters()).device
+    predicted: dict[str, list[torch.Tensor]] = {}
+    targets = []
+    model.eval()
+    with torch.no_grad():
+        for inputs, target in datamodule.test_dataloader():
+            inputs = {name: value.to(device) for name, value in inputs.items()}
+            heads = dict(model.modality_logits(inputs), fused=model(inputs))
+            for head, logits in heads.items():
+                predicted.setdefault(head, []).append(logits.argmax(dim=-1).cpu())
+            targets.append(target)
+    target = torch.cat(targets)
+    return {
+        head: float(
+            multiclass_f1_score(
+                torch.cat(chunks), target, num_classes=model.num_classes, average="macro"
+            )
+        )
+        for head, chunks in predicted.items()
     }
 
 
@@ -176,6 +206,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # Tested once, on the validation-selected checkpoint (final weights if there is none).
     test_metrics = trainer.test(model, datamodule=datamodule, ckpt_path=selection.best_path)[0]
     summary["test_acc"] = test_accuracies(test_metrics, tuple(datamodule.modality_names))
+    summary["test_macro_f1"] = test_macro_f1(model, datamodule)
     if trainer.is_global_zero:
         write_history_json(history, run_dir / HISTORY_JSON_NAME)
         (run_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")

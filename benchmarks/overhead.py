@@ -1,0 +1,281 @@
+"""What probing costs: wall time and memory of FastPID + PIDSchedulerCallback against plain training.
+
+Two arms train the same :class:`pidsched.MultimodalClassifier` on the same data for the same
+epochs, jointly from the first epoch:
+
+- ``plain``: no callback at all (the module is put in its joint stage by hand);
+- ``probed``: :class:`pidsched.PIDSchedulerCallback` with a controller that stays joint but asks
+  for a FastPID probe after every epoch, so the run pays for everything the schedule does per
+  epoch - the metric updates on the validation outputs, the exact PID solve, the probe record,
+  its broadcast and logging - and nothing else changes (stage-1 epochs of ``schedule=pid`` train
+  fewer branches, which would be a saving, not an overhead).
+
+Each run is a fresh subprocess with one CPU thread (so peak RSS is that run's own), and the arms
+alternate plain, probed, plain, probed, ... so slow drift of a shared machine hits both alike.
+The wall-time ratio is the median over repeats of probed / plain of ``trainer.fit``, paired by
+repeat; the callback's own hook time is measured inside the probed runs too, which is the
+overhead without the machine's noise.
+
+    python benchmarks/overhead.py                 # the table of docs/results.md
+    python benchmarks/overhead.py --repeats 7 --settings large
+    python benchmarks/overhead.py --quick         # a smoke run: tiny data, one epoch, one repeat
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ARMS = ("plain", "probed")
+# pidsched-train overrides of each setting, and its epochs.
+SETTINGS: dict[str, tuple[tuple[str, ...], int]] = {
+    # The default experiment (6,000 samples, 8 classes, 32-d modalities, MLP 64).
+    "default": (("experiment=synthetic_competition",), 10),
+    # 5x the samples, 16 classes (a 16x16x16 PID per probe), 128-d modalities, MLP 256 -> 128.
+    "large": (
+        (
+            "experiment=synthetic_competition",
+            "data.num_samples=30000",
+            "data.task.num_classes=16",
+            "data.task.feature_dim=128",
+            "model.encoder.vector.hidden_dims=[256]",
+            "model.encoder.vector.output_dim=128",
+        ),
+        5,
+    ),
+}
+QUICK = (("experiment=synthetic_competition", "data.num_samples=600"), 1)
+HOOKS = (
+    "setup",
+    "on_fit_start",
+    "on_train_epoch_start",
+    "on_train_epoch_end",
+    "on_validation_epoch_start",
+    "on_validation_batch_end",
+    "on_validation_epoch_end",
+)
+GOAL = 0.03
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--settings", default=",".join(SETTINGS), help="comma list of settings")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per arm and setting")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny, 1 epoch, 1 repeat")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.settings = args.settings.split(",")
+    for name in args.settings:
+        if name not in SETTINGS:
+            parser.error(f"unknown setting {name!r}; choose from {','.join(SETTINGS)}")
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    if args.quick:
+        args.settings, args.repeats = ["quick"], 1
+    return args
+
+
+# --- one run (in a child process) ----------------------------------------------------------
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size so far, MiB (``ru_maxrss`` is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def time_hooks(callback, seconds: dict[str, float]) -> None:
+    """Wrap ``callback``'s hooks so the time spent in each accumulates in ``seconds``."""
+    for name in HOOKS:
+        hook = getattr(callback, name)
+
+        def timed(*args, _hook=hook, _name=name, **kwargs):
+            start = time.perf_counter()
+            try:
+                return _hook(*args, **kwargs)
+            finally:
+                seconds[_name] += time.perf_counter() - start
+
+        # Lightning looks hooks up on the instance, so an instance attribute takes their place.
+        setattr(callback, name, timed)
+
+
+def run_once(overrides: list[str], epochs: int, arm: str) -> dict:
+    """Train one arm; return fit wall time (s), peak RSS (MiB) and the callback's hook times."""
+    import lightning as L
+    import torch
+    from hydra import compose, initialize_config_module
+    from hydra.utils import instantiate
+
+    from pidsched import JointController, PIDSchedulerCallback
+    from pidsched.cli.train import build_model
+
+    class ProbingJointController(JointController):
+        """Joint training throughout, with a probe after every epoch (the callback's full work)."""
+
+        needs_measurements = True
+
+    torch.set_num_threads(1)
+    with initialize_config_module("pidsched.conf", version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    L.seed_everything(0, workers=True)
+    datamodule = instantiate(cfg.data)
+    model = build_model(cfg.model, datamodule)
+    model.set_training_stage("joint", frozenset())
+    callbacks, hook_seconds = [], defaultdict(float)
+    if arm == "probed":
+        callback = PIDSchedulerCallback(
+            int(datamodule.num_classes), controller=ProbingJointController(), probe_every_n_epochs=1
+        )
+        time_hooks(callback, hook_seconds)
+        callbacks.append(callback)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        callbacks=callbacks,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    rss_before = peak_rss_mib()
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule)
+    fit_s = time.perf_counter() - start
+    if arm == "probed" and len(callbacks[0].history) != epochs:
+        raise RuntimeError(f"expected {epochs} probes, got {len(callbacks[0].history)}")
+    return {
+        "fit_s": fit_s,
+        "peak_rss_mib": peak_rss_mib(),
+        "rss_before_fit_mib": rss_before,
+        "hook_s": dict(hook_seconds),
+    }
+
+
+# --- the benchmark (parent process) --------------------------------------------------------
+
+
+def run_child(overrides: tuple[str, ...], epochs: int, arm: str) -> dict:
+    """One run in a fresh one-thread process; its result is the last line it prints."""
+    spec = json.dumps({"overrides": list(overrides), "epochs": epochs, "arm": arm})
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    result = subprocess.run(
+        [sys.executable, __file__, "--child", spec], capture_output=True, text=True, env=env
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"{arm} run failed:\n{result.stdout[-2000:]}{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def measure(setting: str, overrides: tuple[str, ...], epochs: int, repeats: int) -> dict:
+    """Alternate the arms ``repeats`` times; return every run's result per arm."""
+    runs = {arm: [] for arm in ARMS}
+    for repeat in range(repeats):
+        # Swap who goes first each repeat, so neither arm always follows the other.
+        for arm in ARMS if repeat % 2 == 0 else ARMS[::-1]:
+            runs[arm].append(run_child(overrides, epochs, arm))
+            last = runs[arm][-1]
+            print(f"  {setting} #{repeat} {arm}: fit {last['fit_s']:.2f} s", flush=True)
+    return runs
+
+
+def summarize(runs: dict, epochs: int) -> dict:
+    """Median fit times, paired ratios, hook time per epoch and peak RSS of one setting."""
+    plain = [r["fit_s"] for r in runs["plain"]]
+    probed = [r["fit_s"] for r in runs["probed"]]
+    ratios = [b / a for a, b in zip(plain, probed, strict=True)]
+    hooks = defaultdict(list)
+    for run in runs["probed"]:
+        for name, seconds in run["hook_s"].items():
+            hooks[name].append(seconds)
+    hook_s = {name: statistics.median(values) for name, values in hooks.items()}
+    callback_s = statistics.median(sum(r["hook_s"].values()) for r in runs["probed"])
+    return {
+        "epochs": epochs,
+        "plain_fit_s": statistics.median(plain),
+        "probed_fit_s": statistics.median(probed),
+        "time_ratio": statistics.median(ratios),
+        "time_ratio_range": (min(ratios), max(ratios)),
+        "callback_s_per_epoch": callback_s / epochs,
+        "callback_share": callback_s / statistics.median(plain),
+        "hook_s": hook_s,
+        "plain_peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in runs["plain"]),
+        "probed_peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in runs["probed"]),
+        "plain_fit_rss_growth_mib": statistics.median(fit_rss_growth(runs["plain"])),
+        "probed_fit_rss_growth_mib": statistics.median(fit_rss_growth(runs["probed"])),
+    }
+
+
+def fit_rss_growth(runs: list[dict]) -> list[float]:
+    """How far each run's peak RSS rose during ``trainer.fit`` (MiB)."""
+    return [r["peak_rss_mib"] - r["rss_before_fit_mib"] for r in runs]
+
+
+def table(summaries: dict[str, dict]) -> str:
+    """The Markdown result table, one row per setting."""
+    lines = [
+        "| setting | epochs | plain fit (s) | probed fit (s) | time ratio (min-max) "
+        "| callback hooks (ms/epoch) | hooks / plain fit | peak RSS plain / probed (MiB) "
+        "| peak RSS growth in fit plain / probed (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in summaries.items():
+        low, high = s["time_ratio_range"]
+        lines.append(
+            f"| {name} | {s['epochs']} | {s['plain_fit_s']:.2f} | {s['probed_fit_s']:.2f} "
+            f"| {s['time_ratio']:.3f} ({low:.3f}-{high:.3f}) "
+            f"| {1000 * s['callback_s_per_epoch']:.1f} | {100 * s['callback_share']:.2f} % "
+            f"| {s['plain_peak_rss_mib']:.0f} / {s['probed_peak_rss_mib']:.0f} "
+            f"| {s['plain_fit_rss_growth_mib']:.1f} / {s['probed_fit_rss_growth_mib']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def hook_table(summaries: dict[str, dict]) -> str:
+    """Where the callback's time goes: median seconds per hook over the whole fit."""
+    lines = ["| setting | " + " | ".join(HOOKS) + " |", "|---|" + "---|" * len(HOOKS)]
+    for name, s in summaries.items():
+        cells = [f"{1000 * s['hook_s'].get(hook, 0.0):.0f} ms" for hook in HOOKS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        spec = json.loads(args.child)
+        print(json.dumps(run_once(spec["overrides"], spec["epochs"], spec["arm"])))
+        return 0
+    print(f"command: {shlex.join(['python', *sys.argv])}", flush=True)
+    summaries = {}
+    for setting in args.settings:
+        overrides, epochs = QUICK if args.quick else SETTINGS[setting]
+        runs = measure(setting, overrides, epochs, args.repeats)
+        summaries[setting] = summarize(runs, epochs)
+    print()
+    print(table(summaries))
+    print()
+    print("Callback time per hook over the whole fit (median of the probed runs):\n")
+    print(hook_table(summaries))
+    for name, s in summaries.items():
+        verdict = "meets" if s["time_ratio"] - 1 <= GOAL else "misses"
+        print(
+            f"\n{name}: probing every epoch costs {100 * (s['time_ratio'] - 1):+.1f} % wall time "
+            f"end to end and {100 * s['callback_share']:.2f} % in the callback's own hooks; "
+            f"{verdict} the {100 * GOAL:.0f} % goal end to end."
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""Schedule comparison: test accuracy and macro-F1 of every schedule, paired with joint training.
+
+For each setting (the synthetic competition task, five UCI mfeat view pairs and one three-view
+mfeat setting) and each schedule (joint, fixed two-stage, OGM-GE, the MI controller, the
+paper's settings ``pid_paper`` and pidsched's default ``pid``), ``pidsched-train`` runs one
+Hydra multirun over the seeds in a subprocess with one CPU thread, ``--jobs`` rows at a time.
+Every number is the validation-selected checkpoint's, tested once (``summary.json``). The
+paired difference to joint training compares runs with the same seed: the same initialisation,
+shuffling and data split.
+
+    python benchmarks/schedules.py                    # the full table of docs/results.md
+    python benchmarks/schedules.py --settings synthetic,fou+zer --seeds 3
+    python benchmarks/schedules.py --quick            # a smoke run: one setting, one seed
+
+Runs go to ``benchmarks/runs/`` (git-ignored by the ``.gitignore`` written there); the aggregate
+lands in ``results.json`` beside them and the tables are printed as Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+RUNS_DIR = Path(__file__).resolve().parent / "runs"
+SCHEDULES = ("joint", "fixed", "ogm_ge", "mi", "pid_paper", "pid")
+BASELINE = "joint"
+# Switches every row off the things the table does not read: curves, loggers, progress bars.
+QUIET_OVERRIDES = (
+    "callbacks.report=null",
+    "~logger",
+    "trainer.enable_progress_bar=false",
+    "++trainer.enable_model_summary=false",
+)
+# Smoke runs have one unimodal epoch, fewer than the controllers' default minimum.
+QUICK_SCHEDULE_OVERRIDES = {
+    "mi": ("schedule.controller.min_unimodal_epochs=1",),
+    "pid": ("schedule.controller.min_unimodal_epochs=1",),
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One data setting: its ``pidsched-train`` overrides and epoch budget."""
+
+    overrides: tuple[str, ...]
+    max_epochs: int
+    stage1_max_epochs: int
+
+
+def mfeat(*views: str) -> Setting:
+    """An mfeat setting over ``views``: 30 epochs, at most 15 of them unimodal (fits the hour)."""
+    return Setting(("experiment=mfeat", f"data.views=[{','.join(views)}]"), 30, 15)
+
+
+SETTINGS: dict[str, Setting] = {
+    # The default experiment, unchanged: 30 epochs, at most 15 unimodal.
+    "synthetic": Setting(("experiment=synthetic_competition",), 30, 15),
+    "pix+mor": mfeat("pix", "mor"),
+    "fou+zer": mfeat("fou", "zer"),
+    "kar+mor": mfeat("kar", "mor"),
+    "fac+zer": mfeat("fac", "zer"),
+    "zer+mor": mfeat("zer", "mor"),
+    # Three weak views, where fusion has the most to add.
+    "fou+zer+mor": mfeat("fou", "zer", "mor"),
+}
+QUICK_SETTING = Setting(("experiment=synthetic_competition", "data.num_samples=600"), 2, 1)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One table row: a schedule on a setting, all seeds in one ``pidsched-train -m`` process."""
+
+    setting: str
+    schedule: str
+    command: tuple[str, ...]
+    run_dir: Path
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--settings", default=",".join(SETTINGS), help="comma list of settings")
+    parser.add_argument("--schedules", default=",".join(SCHEDULES), help="comma list")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 per row")
+    parser.add_argument("--jobs", type=int, default=2, help="rows run at once (one thread each)")
+    parser.add_argument("--out", type=Path, default=None, help="run directory (default: new one)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: one small setting, one seed, 2 epochs"
+    )
+    args = parser.parse_args(argv)
+    args.settings = args.settings.split(",")
+    args.schedules = args.schedules.split(",")
+    for name in args.settings:
+        if name not in SETTINGS:
+            parser.error(f"unknown setting {name!r}; choose from {','.join(SETTINGS)}")
+    for name in args.schedules:
+        if name not in SCHEDULES:
+            parser.error(f"unknown schedule {name!r}; choose from {','.join(SCHEDULES)}")
+    if args.seeds < 1 or args.jobs < 1:
+        parser.error("--seeds and --jobs must be >= 1")
+    if args.quick:
+        args.settings, args.seeds = ["quick"], 1
+    return args
+
+
+def prepare_run_dir(out: Path | None, prefix: str) -> Path:
+    """``out``, or a fresh ``benchmarks/runs/<prefix>-<time>``; created, and git-ignored there."""
+    out = out or RUNS_DIR / f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}"
+    out.mkdir(parents=True, exist_ok=True)
+    if out.resolve().is_relative_to(RUNS_DIR):
+        # runs/ ignores itself, so no repository-wide .gitignore entry is needed.
+        (RUNS_DIR / ".gitignore").write_text("*\n")
+    return out
+
+
+def train_command() -> str:
+    """The installed ``pidsched-train`` (beside this interpreter when not on PATH)."""
+    return shutil.which("pidsched-train") or str(Path(sys.executable).with_name("pidsched-train"))
+
+
+def build_row(setting_name: str, schedule: str, seeds: int, out: Path, quick: bool) -> Row:
+    """The ``pidsched-train -m`` command of one row, its seeds in one sweep directory."""
+    setting = QUICK_SETTING if quick else SETTINGS[setting_name]
+    run_dir = out / setting_name / schedule
+    command = (
+        train_command(),
+        "-m",
+        *setting.overrides,
+        f"schedule={schedule}",
+        f"trainer.max_epochs={setting.max_epochs}",
+        f"stage1_max_epochs={setting.stage1_max_epochs}",
+        *(QUICK_SCHEDULE_OVERRIDES.get(schedule, ()) if quick else ()),
+        *QUIET_OVERRIDES,
+        f"seed={','.join(str(seed) for seed in range(seeds))}",
+        f"hydra.sweep.dir={run_dir}",
+        "hydra.sweep.subdir=seed${seed}",
+    )
+    return Row(setting_name, schedule, command, run_dir)
+
+
+def run_row(row: Row) -> dict:
+    """Run one row; return its wall time (s), exit status and the per-seed summaries."""
+    # One thread per process: two rows share the two cores without oversubscription.
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", WANDB_MODE="disabled")
+    env["PYTHONWARNINGS"] = "ignore"
+    row.run_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(row.run_dir / "train.log", "w") as log:
+        status = subprocess.run(row.command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    wall_s = time.perf_counter() - start
+    summaries = [
+        json.loads(path.read_text()) for path in sorted(row.run_dir.glob("seed*/summary.json"))
+    ]
+    print(
+        f"[{row.setting} / {row.schedule}] {wall_s:.0f} s, exit {status.returncode}, "
+        f"{len(summaries)} runs: {shlex.join(row.command)}",
+        flush=True,
+    )
+    return {
+        "setting": row.setting,
+        "schedule": row.schedule,
+        "command": shlex.join(row.command),
+        "returncode": status.returncode,
+        "wall_s": wall_s,
+        "seeds": {summary["seed"]: seed_result(summary) for summary in summaries},
+    }
+
+
+def seed_result(summary: dict) -> dict:
+    """The numbers one run contributes to the table (fused head; fractions, not %)."""
+    return {
+        "acc": summary["test_acc"]["fused"],
+        "macro_f1": summary["test_macro_f1"]["fused"],
+        "switch_epoch": summary["switch_epoch"],
+        "selected_epoch": summary["selected_epoch"],
+    }
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (NaN for a single value)."""
+    spread = statistics.stdev(values) if len(values) > 1 else math.nan
+    return statistics.fmean(values), spread
+
+
+def paired_differences(row: dict, baseline: dict, key: str) -> list[float]:
+    """``row - baseline`` of ``key`` for every seed both rows have (same seed, same split)."""
+    common = sorted(set(row["seeds"]) & set(baseline["seeds"]))
+    return [row["seeds"][s][key] - baseline["seeds"][s][key] for s in common]
+
+
+def percent(values: list[float]) -> str:
+    """``mean ± std`` in percent (points for differences)."""
+    if not values:
+        return "n/a"
+    mean, spread = mean_std([100 * v for v in values])
+    return f"{mean:.2f}" if math.isnan(spread) else f"{mean:.2f} ± {spread:.2f}"
+
+
+def wins_losses(differences: list[float]) -> str:
+    """``wins/ties/losses`` over seeds."""
+    wins = sum(d > 0 for d in differences)
+    losses = sum(d < 0 for d in differences)
+    return f"{wins}/{len(differences) - wins - losses}/{losses}"
+
+
+def switch_epochs(row: dict) -> str:
+    """The seeds' switch epochs (first joint epoch; ``-`` where stage 1 never ended)."""
+    epochs = [row["seeds"][s]["switch_epoch"] for s in sorted(row["seeds"])]
+    return " ".join("-" if e is None else str(e) for e in epochs)
+
+
+def setting_table(rows: list[dict]) -> str:
+    """The Markdown table of one setting, one line per schedule."""
+    baseline = next((r for r in rows if r["schedule"] == BASELINE), None)
+    lines = [
+        "| schedule | test acc (%) | Δ acc vs joint (pp) | W/T/L | macro-F1 (%) "
+        "| Δ F1 vs joint (pp) | switch epochs | row time (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        values = [row["seeds"][s] for s in sorted(row["seeds"])]
+        paired = baseline is not None and row is not baseline
+        acc_diff = paired_differences(row, baseline, "acc") if paired else []
+        f1_diff = paired_differences(row, baseline, "macro_f1") if paired else []
+        lines.append(
+            f"| {row['schedule']} | {percent([v['acc'] for v in values])} "
+            f"| {percent(acc_diff) if paired else '-'} | {wins_losses(acc_diff) if paired else '-'} "
+            f"| {percent([v['macro_f1'] for v in values])} | {percent(f1_diff) if paired else '-'} "
+            f"| {switch_epochs(row)} | {row['wall_s']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def overview_table(results: list[dict], settings: list[str], schedules: list[str]) -> str:
+    """Mean paired Δ accuracy (pp) per setting and schedule, with the seeds' wins/ties/losses."""
+    by_key = {(r["setting"], r["schedule"]): r for r in results}
+    others = [s for s in schedules if s != BASELINE]
+    lines = [
+        "| setting | " + " | ".join(others) + " |",
+        "|---|" + "---|" * len(others),
+    ]
+    for setting in settings:
+        baseline = by_key.get((setting, BASELINE))
+        cells = []
+        for schedule in others:
+            row = by_key.get((setting, schedule))
+            diff = paired_differences(row, baseline, "acc") if baseline and row else []
+            mean = f"{statistics.fmean(diff) * 100:+.2f}" if diff else "n/a"
+            cells.append(f"{mean} ({wins_losses(diff)})")
+        lines.append(f"| {setting} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report(results: list[dict], settings: list[str], schedules: list[str]) -> str:
+    """All tables as Markdown: one per setting, then the overview."""
+    parts = []
+    for setting in settings:
+        rows = [r for s in schedules for r in results if r["setting"] == setting and r["schedule"] == s]
+        parts.append(f"### {setting}\n\n{setting_table(rows)}")
+    parts.append(
+        "### Overview: mean paired Δ test accuracy vs joint (pp), (W/T/L over seeds)\n\n"
+        + overview_table(results, settings, schedules)
+    )
+    return "\n\n".join(parts)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = prepare_run_dir(args.out, "schedules")
+    print(f"command: {shlex.join(['python', *sys.argv])}")
+    print(f"runs in {out}; {args.jobs} rows at a time, 1 thread each", flush=True)
+    # The largest rows first, so the two workers finish together.
+    order = sorted(args.settings, key=lambda s: s != "synthetic")
+    rows = [build_row(st, sc, args.seeds, out, args.quick) for st in order for sc in args.schedules]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        results = list(pool.map(run_row, rows))
+    total_s = time.perf_counter() - start
+
+    (out / "results.json").write_text(json.dumps({"results": results, "total_s": total_s}, indent=2))
+    print()
+    print(report(results, args.settings, args.schedules))
+    print(f"\ntotal wall time {total_s:.0f} s ({total_s / 60:.1f} min); results: {out}")
+    failed = [f"{r['setting']}/{r['schedule']}" for r in results if r["returncode"] != 0]
+    if failed:
+        print(f"FAILED rows (see their train.log): {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

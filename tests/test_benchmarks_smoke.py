@@ -1,0 +1,101 @@
+"""The benchmark scripts' smallest modes still run and report what docs/ quotes from them.
+
+The three scripts start together in a module fixture (each is mostly process start-up), and
+each test waits for its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+TIMEOUT_S = 600
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """``{name: (returncode, output, out_dir)}`` of every benchmark's smoke mode, run at once."""
+    out = tmp_path_factory.mktemp("benchmarks")
+    commands = {
+        "schedules": [
+            "schedules.py",
+            "--quick",
+            "--schedules",
+            "joint,pid",
+            "--out",
+            str(out / "schedules"),
+        ],
+        "overhead": ["overhead.py", "--quick"],
+        "solver": [
+            "solver.py",
+            "--sizes",
+            "6x6x6",
+            "--batched-sizes",
+            "6x6x6",
+            "--quick",
+            "--peers",
+            "adam",
+        ],
+    }
+    env = dict(os.environ, WANDB_MODE="disabled", PYTHONWARNINGS="ignore")
+    processes = {
+        name: subprocess.Popen(
+            [sys.executable, str(BENCHMARKS / script), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for name, (script, *args) in commands.items()
+    }
+    results = {}
+    for name, process in processes.items():
+        output, _ = process.communicate(timeout=TIMEOUT_S)
+        results[name] = (process.returncode, output, out / name)
+    return results
+
+
+def successful_output(finished, name: str) -> str:
+    returncode, output, _ = finished[name]
+    assert returncode == 0, output[-4000:]
+    return output
+
+
+def test_schedules_quick_reports_a_paired_table(finished):
+    output = successful_output(finished, "schedules")
+    results = json.loads((finished["schedules"][2] / "results.json").read_text())["results"]
+
+    assert {r["schedule"] for r in results} == {"joint", "pid"}
+    for row in results:
+        (seed,) = row["seeds"].values()
+        assert 0.0 <= seed["acc"] <= 1.0 and 0.0 <= seed["macro_f1"] <= 1.0
+        assert "pidsched-train -m" in row["command"] and "seed=0" in row["command"]
+    # The pid row is paired with joint on the same seed: its difference is printed.
+    pid_line = next(line for line in output.splitlines() if line.startswith("| pid |"))
+    by_schedule = {r["schedule"]: r["seeds"]["0"] for r in results}
+    difference = 100 * (by_schedule["pid"]["acc"] - by_schedule["joint"]["acc"])
+    assert f"| {difference:.2f} |" in pid_line
+    assert "command: python" in output and "total wall time" in output
+
+
+def test_overhead_quick_measures_both_arms(finished):
+    output = successful_output(finished, "overhead")
+
+    assert "| quick | 1 |" in output
+    assert "on_validation_epoch_end" in output
+    assert "quick: probing every epoch costs" in output
+
+
+def test_solver_quick_compares_with_adam(finished):
+    output = successful_output(finished, "solver")
+
+    rows = [line for line in output.splitlines() if line.startswith("| 6x6x6 |")]
+    # One row in the single-solve table (with the Adam peer's columns), one in the batched one.
+    assert len(rows) == 2 and "adam time" in output
+    assert "not run" not in rows[0]
