@@ -216,7 +216,7 @@ def test_tolerance_is_honoured():
 
 def test_max_iter_warns_and_reports_the_larger_gap():
     torch.manual_seed(6)
-    with pytest.warns(RuntimeWarning, match="max_iter"):
+    with pytest.warns(RuntimeWarning, match="max_iter=1"):
         result = pid(_random_joint((6, 6, 6)), max_iter=1)
     assert result.gap.item() > TOL
     assert result.iterations == 1
