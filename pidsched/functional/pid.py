@@ -14,10 +14,13 @@ BROJA needs ``V(p) = min_{q in Delta_p} I_q(X1,X2;Y) = H(Y) + min_{q in Delta_p}
 with a primal-dual interior point method (Mehrotra predictor-corrector) whose unknowns are the
 ``(K1 + K2) Ky`` duals, one slack ``s = -L`` and one multiplier ``Q(x1, x2)`` per pair; the
 multipliers are the optimal coupling's pair masses ``q*(x1, x2)``. Each iteration factorises one
-``(K1 + K2) Ky`` square matrix and takes 5 to 12 iterations from a cold start. Why the dual: zero
-pairs of the optimal coupling are merely inactive constraints (first-order primal schemes, like the
-released code's Adam + Sinkhorn, crawl towards them), a previous solution is a warm start for the
-next, slightly different ``p``, and the optimal duals are the gradient of ``V`` (envelope theorem).
+Newton matrix in the duals (Schur complement onto the smaller source's ``K Ky`` duals); a merit
+line search on the KKT residual globalises the steps. 5 to 12 iterations from a cold start.
+
+Why the dual: zero pairs of the optimal coupling are merely inactive constraints (first-order
+primal schemes, like the released code's Adam + Sinkhorn, crawl towards them), a previous
+solution is a warm start for the next, slightly different ``p``, and the optimal duals are the
+gradient of ``V`` (envelope theorem).
 
 Certificate. ``g(a, b) <= min f <= f(q)`` for every feasible ``(a, b)`` and every ``q`` exactly in
 ``Delta_p``. We take ``q = Q(x1, x2) softmax_y(a + b)``, round it per label exactly onto the two
