@@ -39,7 +39,7 @@ def adam_sinkhorn_pid(
     q0 = p1.unsqueeze(-2) * p2.unsqueeze(-3) / py.clamp_min(1e-300)[..., None, None, :]
     logits = torch.log(q0.clamp_min(1e-300)).requires_grad_(True)
     optimiser = torch.optim.Adam([logits], lr=lr)
-    previous = q0
+    previous = None
     for _ in range(steps):
         flat = torch.softmax(logits.flatten(-3), dim=-1).reshape(logits.shape)
         q = _sinkhorn(flat, p1, p2, sweeps)
@@ -47,10 +47,10 @@ def adam_sinkhorn_pid(
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        change = (q.detach() - previous).abs().max()
-        previous = q.detach()
-        if change < tol:
+        # The first projection reproduces q0 exactly; convergence is judged between updates.
+        if previous is not None and (q.detach() - previous).abs().max() < tol:
             break
+        previous = q.detach()
     with torch.no_grad():
         q = _sinkhorn(torch.softmax(logits.flatten(-3), -1).reshape(logits.shape), p1, p2, sweeps)
         h_y = -torch.special.xlogy(py, py).sum(-1)

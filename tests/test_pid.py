@@ -242,6 +242,19 @@ def test_batched_equals_looped():
     assert (batched.gap <= TOL).all()
 
 
+def test_large_batches_are_solved_in_chunks_with_the_same_result(monkeypatch):
+    import importlib
+
+    solver = importlib.import_module("pidsched.functional.pid")
+    torch.manual_seed(12)
+    joints = torch.stack([_random_joint((4, 3, 3)) for _ in range(5)])
+    whole = pid(joints)
+    monkeypatch.setattr(solver, "_CHUNK_BYTES", 2 * 4 * 3 * 3 * 3 * 8)  # two distributions a chunk
+    chunked = pid(joints, warm_start=whole)
+    assert _atoms(chunked) == pytest.approx(_atoms(whole), abs=2 * TOL)
+    assert (chunked.gap <= TOL).all()
+
+
 def test_warm_start_matches_cold_start_in_fewer_iterations():
     torch.manual_seed(8)
     joint = _random_joint((8, 8, 6))
