@@ -6,6 +6,7 @@ each test waits for its own.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -84,12 +85,26 @@ def test_schedules_quick_reports_a_paired_table(finished):
     assert "command: python" in output and "total wall time" in output
 
 
+def test_schedules_reprints_saved_results(finished, capsys, monkeypatch):
+    successful_output(finished, "schedules")
+    spec = importlib.util.spec_from_file_location("schedules", BENCHMARKS / "schedules.py")
+    schedules = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up in sys.modules while the script is executed.
+    monkeypatch.setitem(sys.modules, "schedules", schedules)
+    spec.loader.exec_module(schedules)
+
+    schedules.main(["--report-from", str(finished["schedules"][2] / "results.json")])
+
+    printed = capsys.readouterr().out
+    assert "### quick" in printed and "| pid |" in printed and "sum of row times" in printed
+
+
 def test_overhead_quick_measures_both_arms(finished):
     output = successful_output(finished, "overhead")
 
     assert "| quick | 1 |" in output
     assert "on_validation_epoch_end" in output
-    assert "quick: probing every epoch costs" in output
+    assert "quick: the callback's hooks cost" in output and "end to end" in output
 
 
 def test_solver_quick_compares_with_adam(finished):
