@@ -49,6 +49,7 @@ LN2 = math.log(2.0)
 # Rounding allowance (nats) added to every certificate: the bound is exact arithmetic on float64
 # values, each carrying a relative error near 1e-16.
 _FLOAT_SLACK = 1e-12
+_WARM_MAX_ITER = 30  # iterations a warm start may take before the solve is redone cold
 _WARM_SLACK = 1e-2  # how far (nats) a warm start is pulled into the interior of the constraints
 _MAX_HALVINGS = 30  # step halvings of the merit line search
 _CHUNK_BYTES = 8 * 2**20  # batch chunk: bytes of one (K1, K2, Ky, Ky) Newton temporary
@@ -525,12 +526,13 @@ def _kkt_merit(residual_dual, residual_pair, complementarity, prob) -> Tensor:
     return dual_part + pair_part.sum((1, 2))
 
 
-def _merit_at(a, b, slack, pair_mass, centre, target, prob) -> Tensor:
+def _merit_at(a, b, slack, pair_mass, centre, target, prob) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    """KKT merit at a trial point, with the point's ``(L, r)`` for reuse if it is accepted."""
     lse, cond = _pair_conditionals(a, b, prob)
     residual_dual = _to_dual_space(pair_mass, cond) - target
     residual_pair = torch.where(prob.valid, lse + slack, 0.0)
     merit = _kkt_merit(residual_dual, residual_pair, pair_mass * slack - centre, prob)
-    return torch.where(torch.isfinite(merit), merit, math.inf)
+    return torch.where(torch.isfinite(merit), merit, math.inf), (lse, cond)
 
 
 def _take_step(a, b, slack, pair_mass, da, db, ds, dq, primal_step, dual_step, prob):
@@ -584,7 +586,8 @@ def _solve_dual(
         return _DualSolution(
             swapped.b, swapped.a, swapped.pair_mass.transpose(1, 2), swapped.gap, swapped.iterations
         )
-    solution = _interior_point(p, tol, max_iter, warm)
+    # A warm start that needs many iterations started far from the new optimum: cut it short.
+    solution = _interior_point(p, tol, min(max_iter, _WARM_MAX_ITER) if warm else max_iter, warm)
     failed = solution.gap > tol
     if warm is None or not failed.any():
         return solution
@@ -628,8 +631,9 @@ def _interior_point(
     best_gap = torch.full((bsz,), math.inf, dtype=p.dtype, device=p.device)
     stalled = torch.zeros(bsz, dtype=torch.long, device=p.device)
     iterations = 0
+    conditionals = None  # (L, r) at the current point when the line search computed them
     while True:
-        lse, cond = _pair_conditionals(a, b, prob)
+        lse, cond = conditionals if conditionals is not None else _pair_conditionals(a, b, prob)
         mu = (pair_mass * slack).sum((1, 2)) / m
         if (mu * m <= tol).any():
             a_feasible, gap = _certificate(a, b, pair_mass, cond, prob)
@@ -673,16 +677,20 @@ def _interior_point(
         centre = (centring * mu)[:, None, None]
         merit = _kkt_merit(residual_dual, residual_pair, pair_mass * slack - centre, prob)
         scale = torch.ones_like(mu)
+        conditionals = None
         for _ in range(_MAX_HALVINGS):
             trial = _take_step(
                 a, b, slack, pair_mass, da, db, ds, dq, primal_step * scale, dual_step * scale, prob
             )
-            trial_merit = _merit_at(*trial, centre, target, prob)
+            trial_merit, trial_conditionals = _merit_at(*trial, centre, target, prob)
             accepted = (trial_merit <= (1 - 1e-4 * scale) * merit) | done
             if accepted.all():
+                conditionals = trial_conditionals
                 break
             scale = torch.where(accepted, scale, scale * 0.5)
-        a, b, slack, pair_mass = _take_step(
-            a, b, slack, pair_mass, da, db, ds, dq, primal_step * scale, dual_step * scale, prob
-        )
+        else:
+            trial = _take_step(
+                a, b, slack, pair_mass, da, db, ds, dq, primal_step * scale, dual_step * scale, prob
+            )
+        a, b, slack, pair_mass = trial
     return _DualSolution(best_a, best_b, best_q, best_gap, iterations)
