@@ -93,8 +93,6 @@ class PIDResult:
     dual_2: Tensor | None = None
     pair_mass: Tensor | None = None
 
-    ATOMS = ("unique_1", "unique_2", "redundancy", "synergy")
-
     def as_dict(self) -> dict[str, float]:
         """The scalar fields as python floats (bits), for logging a single (0-d) result."""
         out: dict[str, float] = {}
@@ -196,12 +194,10 @@ def pid(
     h_y = _entropy(p.sum((-3, -2)), dims=1)
     # g(a, b) is linear in p with (a, b) held fixed: autograd of this expression *is* the envelope
     # theorem's gradient of V, because (a, b) is optimal.
-    dual_value = _masked_dot(a, p1) + _masked_dot(b, p2)
-    v = (h_y + dual_value) / LN2
-    h_y = h_y / LN2
-    i_1 = (_entropy(p1.sum(-1), dims=1) / LN2 + h_y) - _entropy(p1, dims=2) / LN2
-    i_2 = (_entropy(p2.sum(-1), dims=1) / LN2 + h_y) - _entropy(p2, dims=2) / LN2
-    i_12 = (_entropy(p.sum(-1), dims=2) / LN2 + h_y) - _entropy(p, dims=3) / LN2
+    v = (h_y + _dual_objective(a, b, p1, p2)) / LN2
+    i_1 = _mutual_information(p1) / LN2
+    i_2 = _mutual_information(p2) / LN2
+    i_12 = _mutual_information(p.flatten(-3, -2)) / LN2
 
     gap = (solution.gap / LN2).reshape(batch)
     if (gap > tol).any():
@@ -237,6 +233,15 @@ def _entropy(p: Tensor, dims: int) -> Tensor:
     return -torch.special.xlogy(p, p).sum(tuple(range(-dims, 0)))
 
 
+def _mutual_information(joint_xy: Tensor) -> Tensor:
+    """``I(X;Y) = H(X) + H(Y) - H(X,Y)`` (nats) of a joint ``(..., Kx, Ky)``, label last."""
+    return (
+        _entropy(joint_xy.sum(-1), dims=1)
+        + _entropy(joint_xy.sum(-2), dims=1)
+        - _entropy(joint_xy, dims=2)
+    )
+
+
 def _masked_dot(dual: Tensor, marginal: Tensor) -> Tensor:
     """``sum dual * marginal`` over the last two dims, skipping cells of zero mass (dual = -inf)."""
     return torch.where(marginal > 0, dual, 0.0).mul(marginal).sum((-2, -1))
@@ -265,7 +270,7 @@ def _warm_duals(
 
 
 # --------------------------------------------------------------------------------------------------
-# The dual barrier solver. Batched tensors: a (B, K1, Ky), b (B, K2, Ky), pairs (B, K1, K2).
+# The interior point solver. Batched tensors: a (B, K1, Ky), b (B, K2, Ky), pairs (B, K1, K2).
 
 
 @dataclass
@@ -278,7 +283,7 @@ class _Problem:
     allowed: Tensor  # (B, K1, K2, Ky) bool: cells that may carry mass in Delta_p
     valid: Tensor  # (B, K1, K2) bool: pairs whose constraint is not vacuous
     free: Tensor  # (B, (K1 + K2) Ky) bool: dual variables the Newton step moves
-    num_pairs: Tensor  # (B,) number of constraints, the barrier's m
+    num_pairs: Tensor  # (B,) number of pair constraints, m in the duality measure mu = Q.s / m
 
     @classmethod
     def from_joint(cls, p: Tensor) -> _Problem:
@@ -312,20 +317,15 @@ def _masked_cells(a: Tensor, b: Tensor, allowed: Tensor) -> Tensor:
     return (a[:, :, None, :] + b[:, None, :, :]).masked_fill(~allowed, -math.inf)
 
 
-def _pair_lse(a: Tensor, b: Tensor, allowed: Tensor) -> Tensor:
-    """``L(x1, x2) = logsumexp_y (a + b)`` over allowed cells; ``-inf`` for vacuous pairs."""
-    return torch.logsumexp(_masked_cells(a, b, allowed), dim=-1)
+def _dual_objective(a: Tensor, b: Tensor, p1: Tensor, p2: Tensor) -> Tensor:
+    """``g(a, b) = sum a * p1 + sum b * p2`` (nats) over the last two dims of each."""
+    return _masked_dot(a, p1) + _masked_dot(b, p2)
 
 
-def _dual_objective(a: Tensor, b: Tensor, prob: _Problem) -> Tensor:
-    return _masked_dot(a, prob.p1) + _masked_dot(b, prob.p2)
-
-
-def _make_feasible(a: Tensor, b: Tensor, prob: _Problem, margin: float) -> Tensor:
-    """Shift each row ``a(x1, .)`` so its largest pair constraint is ``-margin``."""
-    lse = _pair_lse(a, b, prob.allowed).masked_fill(~prob.valid, -math.inf)
-    row_max = lse.amax(2)
-    shift = torch.where(torch.isfinite(row_max), row_max + margin, 0.0)
+def _make_feasible(a: Tensor, lse: Tensor, prob: _Problem) -> Tensor:
+    """Shift each row ``a(x1, .)`` so its largest pair constraint ``L`` (given) is exactly 0."""
+    row_max = lse.masked_fill(~prob.valid, -math.inf).amax(2)
+    shift = torch.where(torch.isfinite(row_max), row_max, 0.0)
     return a - shift[:, :, None]
 
 
@@ -509,13 +509,14 @@ def _round_to_marginals(q: Tensor, prob: _Problem) -> Tensor:
 
 
 def _certificate(
-    a: Tensor, b: Tensor, pair_mass: Tensor, cond: Tensor, prob: _Problem
+    a: Tensor, b: Tensor, pair_mass: Tensor, lse: Tensor, cond: Tensor, prob: _Problem
 ) -> tuple[Tensor, Tensor]:
     """Feasible dual ``a`` (row-shifted onto the constraint boundary) and the certified gap (nats):
-    ``f(q) - g(a, b)`` with ``q = Q r`` rounded exactly onto ``Delta_p``."""
+    ``f(q) - g(a, b)`` with ``q = Q r`` rounded exactly onto ``Delta_p``; ``lse`` and ``cond`` are
+    ``L`` and ``r`` at ``(a, b)``."""
     q = _round_to_marginals(pair_mass[..., None] * cond, prob)
-    a_feasible = _make_feasible(a, b, prob, margin=0.0)
-    gap = _primal_value(q) - _dual_objective(a_feasible, b, prob)
+    a_feasible = _make_feasible(a, lse, prob)
+    gap = _primal_value(q) - _dual_objective(a_feasible, b, prob.p1, prob.p2)
     return a_feasible, gap.clamp_min(0.0) + _FLOAT_SLACK
 
 
@@ -636,7 +637,7 @@ def _interior_point(
         lse, cond = conditionals if conditionals is not None else _pair_conditionals(a, b, prob)
         mu = (pair_mass * slack).sum((1, 2)) / m
         if (mu * m <= tol).any():
-            a_feasible, gap = _certificate(a, b, pair_mass, cond, prob)
+            a_feasible, gap = _certificate(a, b, pair_mass, lse, cond, prob)
             better = (gap < best_gap) & ~done
             best_a = torch.where(better[:, None, None], a_feasible, best_a)
             best_b = torch.where(better[:, None, None], b, best_b)
