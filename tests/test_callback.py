@@ -238,6 +238,45 @@ def test_clustered_features_probe():
     assert record["mutual_information"] >= 0.0 and record["gap"] < 1e-3
 
 
+class CountingFastPID(FastPID):
+    """FastPID that records the number of rows of every update."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__(num_classes)
+        self.update_rows: list[int] = []
+
+    def update(self, logits_1, logits_2, target):
+        self.update_rows.append(int(target.shape[0]))
+        super().update(logits_1, logits_2, target)
+
+
+@pytest.mark.parametrize(
+    ("buffer_size", "expected_rows"),
+    [(1, [16] * 6 + [4]), (40, [48, 48, 4]), (4096, [100])],
+)
+def test_probe_buffer_batches_updates_without_changing_the_probe(buffer_size, expected_rows):
+    """Buffered updates are bounded by the buffer (plus one batch) and measure the same joint."""
+    train, val = loaders(num_val=100, batch_size=16)
+    records, metrics = [], []
+    for size in (1, buffer_size):
+        callback = PIDSchedulerCallback(
+            NUM_CLASSES,
+            ScriptedController({}),
+            metric_factory=CountingFastPID,
+            probe_buffer_size=size,
+        )
+        make_trainer(2, [callback]).fit(make_model(), train, val)
+        records.append(callback.history)
+        metrics.append(callback._metrics[0])
+    # Every probe (2 epochs) folds the whole validation set in; the last flush is at epoch end.
+    assert metrics[1].update_rows == expected_rows * 2
+    assert not callback._buffer
+    for per_batch, buffered in zip(*records, strict=True):
+        for key in ("redundancy", "synergy", "mutual_information"):
+            assert buffered[key] == pytest.approx(per_batch[key], abs=1e-9)
+        assert buffered["unique"] == pytest.approx(per_batch["unique"], abs=1e-9)
+
+
 def test_warns_when_a_monitor_jumps_at_the_switch(tmp_path):
     with pytest.warns(PIDScheduleWarning, match="EarlyStopping monitors 'val/loss'"):
         fit(FixedController(1), 1, extra_callbacks=[EarlyStopping(monitor="val/loss")])
@@ -357,6 +396,8 @@ def test_ddp_without_unused_parameters_fails_at_setup():
         ({"probe_inputs": "embeddings"}, ValueError, "probe_inputs"),
         ({"metric_factory": FastPID, "discretization": "hard"}, ValueError, "metric_factory"),
         ({"metric_factory": 3}, TypeError, "metric_factory"),
+        ({"probe_buffer_size": 0}, ValueError, "probe_buffer_size"),
+        ({"probe_buffer_size": 8.5}, ValueError, "probe_buffer_size"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):

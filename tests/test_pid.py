@@ -266,6 +266,20 @@ def test_warm_start_matches_cold_start_in_fewer_iterations():
     assert warm.iterations < cold.iterations
 
 
+@pytest.mark.parametrize("shape", [(8, 8, 6), (4, 6, 3)])
+def test_warm_start_on_an_unchanged_joint_certifies_without_a_newton_step(shape):
+    # The previous optimum is still optimal: the start is pulled only ~1e-9 into the interior,
+    # so the first certificate already proves it (a fixed 1e-2 pull cost 3 iterations).
+    torch.manual_seed(10)
+    joint = _random_joint(shape)
+    joint[0, 0] = 0.0  # a vacuous pair and cells outside the support
+    previous = pid(joint, tol=1e-9)  # well inside the default tolerance
+    again = pid(joint, warm_start=previous)
+    assert again.iterations == 0
+    assert again.gap.item() <= TOL
+    assert _atoms(again) == pytest.approx(_atoms(previous), abs=2 * TOL)
+
+
 def test_warm_start_survives_a_changed_support():
     torch.manual_seed(9)
     joint = _random_joint((5, 5, 4))

@@ -86,6 +86,10 @@ class PIDSchedulerCallback(Callback):
             ``(x_1, x_2, target)`` and its ``compute`` returns a ``PIDResult``.
         probe_inputs: ``"logits"`` (unimodal head outputs) or ``"features"`` (encoder outputs,
             needs ``metric_factory`` and the module's ``modality_features``).
+        probe_buffer_size: validation samples held (detached, on their device) before they are
+            folded into the metric in one ``update``. Small validation batches then cost one
+            update (and one input check, a device sync on CUDA) per buffer instead of per batch;
+            memory is bounded by this many rows of the probed outputs. 1 updates every batch.
 
     Raises:
         ValueError: an argument is out of range (at construction) or the run is misconfigured (at
@@ -112,6 +116,7 @@ class PIDSchedulerCallback(Callback):
         discretization: str = "soft",
         metric_factory: Callable[..., Metric] | None = None,
         probe_inputs: str = "logits",
+        probe_buffer_size: int = 4096,
     ) -> None:
         _check_arguments(
             num_classes,
@@ -120,6 +125,7 @@ class PIDSchedulerCallback(Callback):
             discretization,
             metric_factory,
             probe_inputs,
+            probe_buffer_size,
         )
         self.num_classes = num_classes
         self.controller = controller if controller is not None else PIDController()
@@ -128,6 +134,7 @@ class PIDSchedulerCallback(Callback):
         self.discretization = discretization
         self.metric_factory = metric_factory
         self.probe_inputs = probe_inputs
+        self.probe_buffer_size = probe_buffer_size
 
         self._stage = self.controller.initial_stage
         self._paused: frozenset[str] = frozenset()
@@ -142,6 +149,9 @@ class PIDSchedulerCallback(Callback):
         self._metrics: list[Metric] = []
         self._probing = False
         self._probe_batches = 0
+        # Validation outputs not yet folded into the metrics: (per-modality values, target).
+        self._buffer: list[tuple[dict[str, Tensor], Tensor]] = []
+        self._buffered_samples = 0
         self._decided_epoch: int | None = None
 
     # --- public state ------------------------------------------------------------------------
@@ -258,6 +268,7 @@ class PIDSchedulerCallback(Callback):
             for metric in self._metrics:
                 metric.reset()
             self._probe_batches = 0
+            self._buffer, self._buffered_samples = [], 0
 
     @override
     def on_validation_batch_end(
@@ -273,9 +284,22 @@ class PIDSchedulerCallback(Callback):
             return
         inputs, target = batch
         values = self._modality_values(pl_module, outputs, inputs)
+        self._buffer.append(({name: values[name].detach() for name in self._names}, target))
+        self._buffered_samples += target.shape[0]
+        self._probe_batches += 1
+        if self._buffered_samples >= self.probe_buffer_size:
+            self._update_metrics()
+
+    def _update_metrics(self) -> None:
+        """Fold the buffered validation outputs into the metrics in one update each."""
+        if not self._buffer:
+            return
+        batches, targets = zip(*self._buffer, strict=True)
+        self._buffer, self._buffered_samples = [], 0
+        values = {name: torch.cat([batch[name] for batch in batches]) for name in self._names}
+        target = torch.cat(targets)
         for metric, (first, second) in zip(self._metrics, self._pairs(values), strict=True):
             metric.update(first, second, target)
-        self._probe_batches += 1
 
     def _modality_values(
         self, pl_module: LightningModule, outputs: Any, inputs: Mapping[str, Tensor]
@@ -317,6 +341,7 @@ class PIDSchedulerCallback(Callback):
                 "PIDSchedulerCallback probed but no validation batch reached it; check that the "
                 "validation dataloader is not empty and `limit_val_batches` is not 0."
             )
+        self._update_metrics()
         record = self._probe_record(trainer)
         # Every rank takes rank 0's record, so controllers on all ranks stay identical.
         record = trainer.strategy.broadcast(record, src=0)
@@ -424,6 +449,7 @@ def _check_arguments(
     discretization: Any,
     metric_factory: Any,
     probe_inputs: Any,
+    probe_buffer_size: Any,
 ) -> None:
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"`num_classes` must be an int >= 2, got {num_classes!r}.")
@@ -457,6 +483,15 @@ def _check_arguments(
         raise ValueError(
             "`probe_inputs='features'` needs a feature metric: pass e.g. "
             "metric_factory=functools.partial(ClusteredFastPID, num_clusters=20)."
+        )
+    if (
+        isinstance(probe_buffer_size, bool)
+        or not isinstance(probe_buffer_size, int)
+        or probe_buffer_size < 1
+    ):
+        raise ValueError(
+            f"`probe_buffer_size` must be an int >= 1 (samples), got {probe_buffer_size!r}; use 1 "
+            "to update the metric on every validation batch."
         )
 
 

