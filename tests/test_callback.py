@@ -179,6 +179,9 @@ def test_history_records_and_logged_metrics(tmp_path):
         "val_acc",
     }
     assert set(record["val_acc"]) == {"a", "b", "fused"}
+    # The default metric solves to the callback's probe_tol and certifies it.
+    assert callback._metrics[0].tol == 1e-5
+    assert max(record["gap"] for record in callback.history) <= 1e-5
     atoms = record["unique"]["a"] + record["unique"]["b"] + record["redundancy"] + record["synergy"]
     assert atoms == pytest.approx(record["mutual_information"], abs=1e-6)
     info = record["mutual_information_per_modality"]
@@ -225,9 +228,10 @@ def test_three_modalities_are_measured_one_vs_rest():
             others = [logits[o].softmax(-1) for o in names if o != name]
             metric.update(logits[name], torch.stack(others).mean(0).log(), target)
         result = metric.compute()
-        assert record["unique"][name] == pytest.approx(float(result.unique_1), abs=1e-5)
+        # Both certified: the probe to probe_tol = 1e-5 bits, the reference to 1e-7.
+        assert record["unique"][name] == pytest.approx(float(result.unique_1), abs=2e-5)
         informations = record["mutual_information_per_modality"]
-        assert informations[name] == pytest.approx(float(result.mutual_information_1), abs=1e-5)
+        assert informations[name] == pytest.approx(float(result.mutual_information_1), abs=2e-5)
     assert record["unique"]["a"] > record["unique"]["c"]
 
 
@@ -397,6 +401,8 @@ def test_ddp_without_unused_parameters_fails_at_setup():
         ({"metric_factory": FastPID, "discretization": "hard"}, ValueError, "metric_factory"),
         ({"metric_factory": 3}, TypeError, "metric_factory"),
         ({"probe_buffer_size": 0}, ValueError, "probe_buffer_size"),
+        ({"probe_tol": 0}, ValueError, "probe_tol"),
+        ({"metric_factory": FastPID, "probe_tol": 1e-7}, ValueError, "metric_factory"),
         ({"probe_buffer_size": 8.5}, ValueError, "probe_buffer_size"),
     ],
 )

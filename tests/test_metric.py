@@ -88,9 +88,10 @@ def test_fastpid_reset_clears_samples_but_keeps_warm_start():
 def test_fastpid_warm_starts_from_previous_compute(monkeypatch, warm_start):
     passed = []
 
-    def recording_pid(joint, *, warm_start=None):
+    def recording_pid(joint, *, tol, warm_start=None):
+        assert tol == 1e-7  # the solver's default unless the metric is given another
         passed.append(warm_start)
-        return pid(joint, warm_start=warm_start)
+        return pid(joint, tol=tol, warm_start=warm_start)
 
     monkeypatch.setattr(fastpid_module, "pid", recording_pid)
     metric = FastPID(NUM_CLASSES, warm_start=warm_start)
@@ -173,9 +174,46 @@ def test_fastpid_update_rejects_bad_input(change, error, match):
     assert metric.joint.sum() == 0
 
 
+def test_fastpid_warm_start_state_round_trips():
+    first = FastPID(NUM_CLASSES)
+    first.update(*correlated_logits(200, seed=6))
+    first.compute()
+    state = first.warm_start_state()
+    assert FastPID(NUM_CLASSES).warm_start_state() is None
+    logits = correlated_logits(200, seed=7)
+    results = []
+    for metric in (first, FastPID(NUM_CLASSES)):
+        if metric is not first:
+            metric.load_warm_start_state(state)
+        metric.reset()
+        metric.update(*logits)
+        results.append(metric.compute())
+    # Same warm start, same solve: bit-identical, and as cheap as the original's.
+    assert results[0].iterations == results[1].iterations
+    assert torch.equal(results[0].synergy, results[1].synergy)
+    cold = FastPID(NUM_CLASSES)
+    cold.load_warm_start_state(None)
+    cold.update(*logits)
+    assert cold.compute().iterations > results[1].iterations
+
+
+def test_fastpid_tol_bounds_the_certified_error():
+    logits = correlated_logits(300, seed=5)
+    exact = pid(joint_from_logits(*logits, num_classes=NUM_CLASSES), tol=1e-11)
+    default, loose = FastPID(NUM_CLASSES), FastPID(NUM_CLASSES, tol=1e-3)
+    for metric in (default, loose):
+        metric.update(*logits)
+    default, loose = default.compute(), loose.compute()
+    assert loose.gap.item() <= 1e-3 and default.gap.item() <= 1e-7
+    assert_same_result(loose, exact, atol=1e-3)
+    assert loose.iterations < default.iterations
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
+        ({"num_classes": 4, "tol": 0.0}, "`tol`"),
+        ({"num_classes": 4, "tol": "1e-5"}, "`tol`"),
         ({"num_classes": 1}, "`num_classes`"),
         ({"num_classes": "4"}, "`num_classes`"),
         ({"num_classes": 4, "discretization": "argmax"}, "`discretization`"),
@@ -295,6 +333,7 @@ def test_clustered_fastpid_rejects_a_change_of_feature_width():
         ({"num_classes": 2, "num_clusters": 1}, "`num_clusters`"),
         ({"num_classes": 2, "num_components": 0}, "`num_components`"),
         ({"num_classes": 2, "seed": -1}, "`seed`"),
+        ({"num_classes": 2, "tol": 1.5}, "`tol`"),
     ],
 )
 def test_clustered_fastpid_rejects_bad_arguments(kwargs, match):

@@ -81,6 +81,9 @@ class PIDSchedulerCallback(Callback):
         restore_peak: restore the peak-synergy branch weights at the switch.
         discretization: ``"soft"`` (expected counts of softmax posteriors) or ``"hard"``
             (argmax counts) for the default :class:`~pidsched.metrics.fastpid.FastPID` metric.
+        probe_tol: certified error bound (bits) of the default metric's PID solve. The
+            controllers compare quantities of 1e-3 bits and more, so 1e-5 is exact for every
+            decision and saves a Newton iteration or two per probe over the solver's 1e-7.
         metric_factory: builds the metric instead, called as ``metric_factory(num_classes=K)``,
             e.g. ``functools.partial(ClusteredFastPID, num_clusters=20)``; its ``update`` takes
             ``(x_1, x_2, target)`` and its ``compute`` returns a ``PIDResult``.
@@ -105,7 +108,8 @@ class PIDSchedulerCallback(Callback):
         ('unimodal', frozenset(), None)
     """
 
-    STATE_VERSION = 1
+    # 2: adds the metrics' warm starts.
+    STATE_VERSION = 2
 
     def __init__(
         self,
@@ -114,6 +118,7 @@ class PIDSchedulerCallback(Callback):
         probe_every_n_epochs: int = 1,
         restore_peak: bool = True,
         discretization: str = "soft",
+        probe_tol: float = 1e-5,
         metric_factory: Callable[..., Metric] | None = None,
         probe_inputs: str = "logits",
         probe_buffer_size: int = 4096,
@@ -123,6 +128,7 @@ class PIDSchedulerCallback(Callback):
             controller,
             probe_every_n_epochs,
             discretization,
+            probe_tol,
             metric_factory,
             probe_inputs,
             probe_buffer_size,
@@ -132,6 +138,7 @@ class PIDSchedulerCallback(Callback):
         self.probe_every_n_epochs = probe_every_n_epochs
         self.restore_peak = bool(restore_peak)
         self.discretization = discretization
+        self.probe_tol = probe_tol
         self.metric_factory = metric_factory
         self.probe_inputs = probe_inputs
         self.probe_buffer_size = probe_buffer_size
@@ -152,6 +159,7 @@ class PIDSchedulerCallback(Callback):
         # Validation outputs not yet folded into the metrics: (per-modality values, target).
         self._buffer: list[tuple[dict[str, Tensor], Tensor]] = []
         self._buffered_samples = 0
+        self._restored_warm_starts: list[Any] | None = None
         self._decided_epoch: int | None = None
 
     # --- public state ------------------------------------------------------------------------
@@ -190,6 +198,7 @@ class PIDSchedulerCallback(Callback):
             _check_validation(trainer, pl_module, self.probe_every_n_epochs)
             self._names = tuple(pl_module.modality_names)
             self._metrics = [self._make_metric() for _ in range(_pair_count(len(self._names)))]
+            self._restore_warm_starts()
         _warn_on_jumping_monitors(trainer)
         self._module = pl_module
         # configure_optimizers runs after setup: the module must already be in its stage.
@@ -197,7 +206,7 @@ class PIDSchedulerCallback(Callback):
 
     def _make_metric(self) -> Metric:
         if self.metric_factory is None:
-            return FastPID(self.num_classes, discretization=self.discretization)
+            return FastPID(self.num_classes, discretization=self.discretization, tol=self.probe_tol)
         metric = self.metric_factory(num_classes=self.num_classes)
         if not isinstance(metric, Metric):
             raise TypeError(
@@ -416,6 +425,12 @@ class PIDSchedulerCallback(Callback):
             "controller": self.controller.state_dict(),
             "peak_snapshot": self._peak_snapshot,
             "peak_epoch": self.peak_epoch,
+            # The solver's warm start: without it a resumed probe starts cold and may differ from
+            # the uninterrupted one within the solver's tolerance.
+            "metric_warm_starts": [
+                metric.warm_start_state() if hasattr(metric, "warm_start_state") else None
+                for metric in self._metrics
+            ],
         }
 
     @override
@@ -434,6 +449,8 @@ class PIDSchedulerCallback(Callback):
         self.controller.load_state_dict(state_dict.get("controller", {}))
         self._peak_snapshot = state_dict.get("peak_snapshot")
         self.peak_epoch = state_dict.get("peak_epoch")
+        self._restored_warm_starts = state_dict.get("metric_warm_starts")
+        self._restore_warm_starts()
         if self._module is not None:
             # The restored optimiser state belongs to this stage's optimiser, which
             # configure_optimizers builds next. Paused branches go to eval() at the next epoch
@@ -441,12 +458,23 @@ class PIDSchedulerCallback(Callback):
             # Lightning from warning about modules in eval mode at the start of training.
             self._module.set_training_stage(self._stage, frozenset())
 
+    def _restore_warm_starts(self) -> None:
+        # Checkpoints are restored after setup built the metrics; a state loaded earlier waits.
+        if self._restored_warm_starts is None or not self._metrics:
+            return
+        if len(self._restored_warm_starts) == len(self._metrics):
+            for metric, state in zip(self._metrics, self._restored_warm_starts, strict=True):
+                if hasattr(metric, "load_warm_start_state"):
+                    metric.load_warm_start_state(state)
+        self._restored_warm_starts = None
+
 
 def _check_arguments(
     num_classes: Any,
     controller: Any,
     probe_every_n_epochs: Any,
     discretization: Any,
+    probe_tol: Any,
     metric_factory: Any,
     probe_inputs: Any,
     probe_buffer_size: Any,
@@ -472,10 +500,16 @@ def _check_arguments(
         )
     if metric_factory is not None and not callable(metric_factory):
         raise TypeError("`metric_factory` must be callable as metric_factory(num_classes=K).")
-    if metric_factory is not None and discretization != "soft":
+    if (
+        isinstance(probe_tol, bool)
+        or not isinstance(probe_tol, (int, float))
+        or not 0 < probe_tol < 1
+    ):
+        raise ValueError(f"`probe_tol` must be a number of bits in (0, 1), got {probe_tol!r}.")
+    if metric_factory is not None and (discretization != "soft" or probe_tol != 1e-5):
         raise ValueError(
-            "`discretization` configures the default FastPID metric; with `metric_factory` "
-            "configure the metric there instead."
+            "`discretization` and `probe_tol` configure the default FastPID metric; with "
+            "`metric_factory` configure the metric there instead (e.g. FastPID(tol=...))."
         )
     if probe_inputs not in _PROBE_INPUTS:
         raise ValueError(f"`probe_inputs` must be one of {_PROBE_INPUTS}, got {probe_inputs!r}.")

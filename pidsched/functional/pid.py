@@ -478,15 +478,16 @@ def _to_pair_space(da: Tensor, db: Tensor, cond: Tensor) -> Tensor:
     return ((da[:, :, None, :] + db[:, None, :, :]) * cond).sum(-1)
 
 
-def _step_to_boundary(
-    value: Tensor, change: Tensor, prob: _Problem, keep: Tensor | float = 0.01
-) -> Tensor:
-    """Largest step in (0, 1] keeping ``value + step * change >= keep * value`` on valid pairs;
-    ``keep`` is a float or one fraction per distribution ``(B,)``."""
-    # Where change >= 0 the ratio is huge (positive value over 1e-300): no limit.
+def _boundary_ratio(value: Tensor, change: Tensor, prob: _Problem) -> Tensor:
+    """Per pair, the step at which ``value + step * change`` reaches 0 (huge where it never does:
+    a positive value over 1e-300, or infinite on vacuous pairs)."""
     ratio = value / (-change).clamp_min(1e-300)
-    if not prob.full:
-        ratio = ratio.masked_fill(~prob.valid, math.inf)
+    return ratio if prob.full else ratio.masked_fill(~prob.valid, math.inf)
+
+
+def _step_to_boundary(ratio: Tensor, keep: Tensor | float = 0.01) -> Tensor:
+    """Largest step in (0, 1] keeping every value above ``keep`` times itself, given the
+    :func:`_boundary_ratio` ``(B, K1, K2)``; ``keep`` is a float or one per distribution."""
     return ((1 - keep) * ratio.amin((1, 2))).clamp(max=1.0)
 
 
@@ -667,11 +668,13 @@ def _interior_point(
     best_a, best_b, best_q = a.clone(), b.clone(), pair_mass.clone()
     best_gap = torch.full((bsz,), math.inf, dtype=p.dtype, device=p.device)
     stalled = torch.zeros(bsz, dtype=torch.long, device=p.device)
+    any_done = False  # a Python copy of done.any(): most iterations then skip the masking
     iterations = 0
     point = None  # (L, r, residuals) at the current point when the line search computed them
     while True:
         lse, cond, residual_dual, residual_pair = point or _residuals(a, b, slack, pair_mass, prob)
-        mu = (pair_mass * slack).sum((1, 2)) / m
+        complementarity = pair_mass * slack
+        mu = complementarity.sum((1, 2)) / m
         if (mu * m <= tol).any():
             a_feasible, gap = _certificate(a, b, pair_mass, lse, cond, prob)
             better = (gap < best_gap) & ~done
@@ -684,7 +687,10 @@ def _interior_point(
             stalled = torch.where(progress, 0, stalled + (mu * m <= tol).long())
             best_gap = torch.where(better, gap, best_gap)
             done = done | (best_gap <= tol) | (stalled >= _STALL_LIMIT)
-        if done.all() or iterations >= max_iter:
+            any_done = bool(done.any())
+            if any_done and bool(done.all()):
+                break
+        if iterations >= max_iter:
             break
         iterations += 1
 
@@ -692,28 +698,32 @@ def _interior_point(
         factor = _factorise_newton(cond, pair_mass, mass_per_slack, prob)
         args = (cond, pair_mass, slack, mass_per_slack, prob)
         # Predictor: the affine direction towards complementarity 0.
-        complementarity = pair_mass * slack
         _, _, dq, ds = _newton_step(factor, residual_dual, residual_pair, complementarity, *args)
-        step = torch.minimum(
-            _step_to_boundary(pair_mass, dq, prob), _step_to_boundary(slack, ds, prob)
+        step = _step_to_boundary(
+            torch.minimum(_boundary_ratio(pair_mass, dq, prob), _boundary_ratio(slack, ds, prob))
         )[:, None, None]
         mu_affine = ((pair_mass + step * dq) * (slack + step * ds)).sum((1, 2)) / m
         centring = (mu_affine / mu).clamp(0.0, 1.0) ** 3
         # Corrector: aim at centring * mu, with the predictor's second-order term.
         centre = (centring * mu)[:, None, None]
-        complementarity = prob.on_pairs(complementarity + dq * ds - centre)
-        da, db, dq, ds = _newton_step(factor, residual_dual, residual_pair, complementarity, *args)
+        centred = prob.on_pairs(complementarity - centre)
+        da, db, dq, ds = _newton_step(
+            factor, residual_dual, residual_pair, torch.addcmul(centred, dq, ds), *args
+        )
         # Keeping 1 % of the way to the boundary is safe far from the optimum, but near it the
         # multipliers of inactive pairs head to 0 and a fixed 1 % would make the last iterations
         # converge only linearly (100x each); keeping mu instead restores Newton's quadratic rate.
         keep = mu.clamp(max=0.01)
-        primal_step = torch.where(done, 0.0, _step_to_boundary(slack, ds, prob, keep))
-        dual_step = torch.where(done, 0.0, _step_to_boundary(pair_mass, dq, prob, keep))
+        primal_step = _step_to_boundary(_boundary_ratio(slack, ds, prob), keep)
+        dual_step = _step_to_boundary(_boundary_ratio(pair_mass, dq, prob), keep)
+        if any_done:
+            primal_step = torch.where(done, 0.0, primal_step)
+            dual_step = torch.where(done, 0.0, dual_step)
 
         # Globalisation: L is nonlinear, so a full step can overshoot far from the optimum (warm
         # starts on a changed p, peaked distributions). Halve both steps until the KKT residual
         # with the centring target decreases.
-        merit = _kkt_merit(residual_dual, residual_pair, prob.on_pairs(pair_mass * slack - centre))
+        merit = _kkt_merit(residual_dual, residual_pair, centred)
         scale = torch.ones_like(mu)
         point = None
         for _ in range(_MAX_HALVINGS):
@@ -724,8 +734,10 @@ def _interior_point(
             trial_merit = _kkt_merit(
                 trial_point[2], trial_point[3], prob.on_pairs(trial[3] * trial[2] - centre)
             )
-            trial_merit = torch.where(torch.isfinite(trial_merit), trial_merit, math.inf)
-            accepted = (trial_merit <= (1 - 1e-4 * scale) * merit) | done
+            trial_merit = torch.nan_to_num(trial_merit, nan=math.inf)
+            accepted = trial_merit <= (1 - 1e-4 * scale) * merit
+            if any_done:
+                accepted = accepted | done
             if accepted.all():
                 point = trial_point
                 break

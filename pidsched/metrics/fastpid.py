@@ -52,11 +52,21 @@ class _PIDMetric(Metric):
     higher_is_better = None
     full_state_update = False
 
+    tol: float
+
+    def _set_tol(self, tol: float) -> None:
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1:
+            raise ValueError(
+                f"Expected argument `tol` (the certified error bound, bits) to be a number in "
+                f"(0, 1), got {tol!r}; the solver's default is 1e-7."
+            )
+        self.tol = float(tol)
+
     def _decompose(self, joint: Tensor, warm_start: PIDResult | None) -> PIDResult:
         """``pid(joint)``, or the no-samples result when ``joint`` holds no mass."""
         if not bool(joint.sum() > 0):
             return self._no_samples_result()
-        return pid(joint, warm_start=warm_start)
+        return pid(joint, tol=self.tol, warm_start=warm_start)
 
     def _no_samples_result(self) -> PIDResult:
         """Warn (on rank zero) and return NaN atoms: there is nothing to decompose."""
@@ -99,12 +109,14 @@ class FastPID(_PIDMetric):
         num_classes: Number of classes ``K`` of the label and of both modality heads.
         discretization: "soft" (posterior-weighted counts) or "hard" (argmax counts).
         warm_start: Start each solve from the previous compute's dual variables.
+        tol: Certified bound (bits) on the error of every atom, passed to
+            :func:`~pidsched.functional.pid`.
         validate_args: Check arguments and inputs (a device sync per update on CUDA).
         kwargs: Passed to :class:`torchmetrics.Metric` (``sync_on_compute``, ``process_group``...).
 
     Raises:
-        ValueError: If ``num_classes`` is not an integer >= 2, ``discretization`` is unknown or
-            ``warm_start`` is not a bool.
+        ValueError: If ``num_classes`` is not an integer >= 2, ``discretization`` is unknown,
+            ``warm_start`` is not a bool or ``tol`` is not in (0, 1).
 
     Example::
 
@@ -126,10 +138,12 @@ class FastPID(_PIDMetric):
         num_classes: int,
         discretization: Discretization = "soft",
         warm_start: bool = True,
+        tol: float = 1e-7,
         validate_args: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self._set_tol(tol)
         if validate_args:
             _joint_from_logits_arg_validation(num_classes, discretization)
             if not isinstance(warm_start, bool):
@@ -156,6 +170,26 @@ class FastPID(_PIDMetric):
             _posteriors_from_logits(logits_2, self.discretization),
             target,
             self.num_classes,
+        )
+
+    def warm_start_state(self) -> dict[str, Tensor] | None:
+        """The last solution's duals and pair masses as CPU tensors (None before a compute), so a
+        checkpoint can carry the warm start and a resumed run solves exactly as the first did."""
+        last = self._last_result
+        if last is None:
+            return None
+        return {
+            name: getattr(last, name).detach().cpu() for name in ("dual_1", "dual_2", "pair_mass")
+        }
+
+    def load_warm_start_state(self, state: dict[str, Tensor] | None) -> None:
+        """Start the next compute from a :meth:`warm_start_state` (None: a cold start)."""
+        if state is None:
+            self._last_result = None
+            return
+        nan = torch.full((), math.nan, dtype=torch.float64)
+        self._last_result = PIDResult(
+            **dict.fromkeys(_RESULT_BITS, nan), iterations=0, **{k: state[k] for k in state}
         )
 
     @override
@@ -195,6 +229,8 @@ class ClusteredFastPID(_PIDMetric):
         num_clusters: k-means clusters per modality (the paper uses 20).
         num_components: PCA components per modality (the paper uses 5).
         seed: Seed of the k-means++ seeding.
+        tol: Certified bound (bits) on the error of every atom, passed to
+            :func:`~pidsched.functional.pid`.
         validate_args: Check arguments and inputs.
         kwargs: Passed to :class:`torchmetrics.Metric`.
 
@@ -212,10 +248,12 @@ class ClusteredFastPID(_PIDMetric):
         num_clusters: int = 20,
         num_components: int = 5,
         seed: int = 0,
+        tol: float = 1e-7,
         validate_args: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self._set_tol(tol)
         if validate_args:
             _joint_from_features_arg_validation(num_classes, num_clusters, num_components, seed)
         self.num_classes = num_classes
