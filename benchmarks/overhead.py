@@ -107,6 +107,20 @@ def time_hooks(callback, seconds: dict[str, float]) -> None:
         setattr(callback, name, timed)
 
 
+def time_calls(owner, name: str, seconds: dict[str, float], key: str) -> None:
+    """Replace ``owner.name`` by a wrapper that adds its time to ``seconds[key]``."""
+    function = getattr(owner, name)
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            seconds[key] += time.perf_counter() - start
+
+    setattr(owner, name, timed)
+
+
 def run_once(overrides: list[str], epochs: int, arm: str) -> dict:
     """Train one arm; return fit wall time (s), peak RSS (MiB) and the callback's hook times."""
     import lightning as L
@@ -114,6 +128,7 @@ def run_once(overrides: list[str], epochs: int, arm: str) -> dict:
     from hydra import compose, initialize_config_module
     from hydra.utils import instantiate
 
+    import pidsched.metrics.fastpid as fastpid_module
     from pidsched import JointController, PIDSchedulerCallback
     from pidsched.cli.train import build_model
 
@@ -129,12 +144,16 @@ def run_once(overrides: list[str], epochs: int, arm: str) -> dict:
     datamodule = instantiate(cfg.data)
     model = build_model(cfg.model, datamodule)
     model.set_training_stage("joint", frozenset())
-    callbacks, hook_seconds = [], defaultdict(float)
+    callbacks, hook_seconds, part_seconds = [], defaultdict(float), defaultdict(float)
     if arm == "probed":
         callback = PIDSchedulerCallback(
             int(datamodule.num_classes), controller=ProbingJointController(), probe_every_n_epochs=1
         )
         time_hooks(callback, hook_seconds)
+        # Where the hooks' time goes: the solve, the probe record's logging, the metric update.
+        time_calls(fastpid_module, "pid", part_seconds, "PID solve")
+        time_calls(callback, "_log_probe", part_seconds, "pl_module.log x 8")
+        time_calls(callback, "_update_metrics", part_seconds, "metric update")
         callbacks.append(callback)
     trainer = L.Trainer(
         max_epochs=epochs,
@@ -158,6 +177,7 @@ def run_once(overrides: list[str], epochs: int, arm: str) -> dict:
         "peak_rss_mib": peak_rss_mib(),
         "rss_before_fit_mib": rss_before,
         "hook_s": dict(hook_seconds),
+        "part_s": dict(part_seconds),
     }
 
 
@@ -198,6 +218,10 @@ def summarize(runs: dict, epochs: int) -> dict:
         for name, seconds in run["hook_s"].items():
             hooks[name].append(seconds)
     hook_s = {name: statistics.median(values) for name, values in hooks.items()}
+    parts = defaultdict(list)
+    for run in runs["probed"]:
+        for name, seconds in run["part_s"].items():
+            parts[name].append(seconds)
     callback_s = statistics.median(sum(r["hook_s"].values()) for r in runs["probed"])
     return {
         "epochs": epochs,
@@ -208,6 +232,7 @@ def summarize(runs: dict, epochs: int) -> dict:
         "callback_s_per_epoch": callback_s / epochs,
         "callback_share": callback_s / statistics.median(plain),
         "hook_s": hook_s,
+        "part_s_per_epoch": {name: statistics.median(v) / epochs for name, v in parts.items()},
         "plain_peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in runs["plain"]),
         "probed_peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in runs["probed"]),
         "plain_fit_rss_growth_mib": statistics.median(fit_rss_growth(runs["plain"])),
@@ -249,6 +274,21 @@ def hook_table(summaries: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def part_table(summaries: dict[str, dict]) -> str:
+    """Parts of the callback's time, ms per epoch (median of the probed runs)."""
+    names = ("PID solve", "pl_module.log x 8", "metric update")
+    lines = [
+        "| setting | " + " | ".join(names) + " | everything else | all hooks |",
+        "|---|" + "---|" * (len(names) + 2),
+    ]
+    for setting, s in summaries.items():
+        parts = [1000 * s["part_s_per_epoch"].get(name, 0.0) for name in names]
+        total = 1000 * s["callback_s_per_epoch"]
+        cells = [f"{value:.1f}" for value in (*parts, total - sum(parts), total)]
+        lines.append(f"| {setting} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.child:
@@ -267,6 +307,8 @@ def main(argv=None) -> int:
     print()
     print("Callback time per hook over the whole fit (median of the probed runs):\n")
     print(hook_table(summaries))
+    print("\nThe callback's time by part, ms per epoch (median of the probed runs):\n")
+    print(part_table(summaries))
     for name, s in summaries.items():
         # Judged on the callback's own time: the end-to-end ratio on a shared 2-core machine
         # scatters by several percent, more than the effect being measured.

@@ -105,6 +105,14 @@ def test_overhead_quick_measures_both_arms(finished):
     assert "| quick | 1 |" in output
     assert "on_validation_epoch_end" in output
     assert "quick: the callback's hooks cost" in output and "end to end" in output
+    # The parts table: every part was timed (a solve and eight log calls per probe).
+    (parts,) = [
+        line
+        for line in output.splitlines()
+        if line.startswith("| quick |") and line.count("|") == 7
+    ]
+    solve, logging, update, _, total = (float(cell) for cell in parts.split("|")[2:7])
+    assert solve > 0 and logging > 0 and update > 0 and solve + logging + update <= total
 
 
 def test_solver_quick_compares_with_adam(finished):

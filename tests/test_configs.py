@@ -12,6 +12,7 @@ from _audiovisual_helpers import make_ave, make_cremad, make_kinetics_sounds
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
 from pidsched.cli.train import train
@@ -122,6 +123,14 @@ def test_trainer_and_seed_keys_reach_the_run(tmp_path):
     cfg = compose_run(["trainer.max_epochs=2", "seed=7", "trainer=ddp"], tmp_path)
     assert cfg.trainer.max_epochs == 2 and cfg.seed == 7
     assert cfg.trainer.strategy == "ddp_find_unused_parameters_true"
+
+
+def test_callback_arguments_a_schedule_does_not_set_can_be_added(tmp_path):
+    # The documented way (docs/configuration.md) to reach the callback's other arguments.
+    overrides = ["+schedule.probe_tol=1e-7", "+schedule.probe_buffer_size=1"]
+    callback = instantiate(compose_run(overrides, tmp_path).schedule, num_classes=4)
+    assert callback.probe_tol == 1e-7 and callback.probe_buffer_size == 1
+    assert instantiate(compose_run([], tmp_path).schedule, num_classes=4).probe_tol == 1e-5
 
 
 def test_slurm_launcher_config_composes(tmp_path):

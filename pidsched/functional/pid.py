@@ -452,11 +452,14 @@ def _factorise_newton(
 
 def _cholesky(matrix: Tensor) -> Tensor:
     chol, info = torch.linalg.cholesky_ex(matrix)
-    if (info > 0).any():
+    failed = info > 0
+    if failed.any():
         # Near-singular in float64 (pairs of vanishing mass): a relative ridge keeps it definite.
-        diagonal = matrix.diagonal(dim1=-2, dim2=-1)
+        # Only the failed matrices get it: the others' Newton steps stay exact.
+        singular = matrix[failed]
+        diagonal = singular.diagonal(dim1=-2, dim2=-1)
         ridge = 1e-12 * diagonal.abs().amax(-1, keepdim=True).expand_as(diagonal)
-        chol, _ = torch.linalg.cholesky_ex(matrix + torch.diag_embed(ridge))
+        chol[failed] = torch.linalg.cholesky_ex(singular + torch.diag_embed(ridge))[0]
     return chol
 
 
@@ -712,8 +715,10 @@ def _interior_point(
         )
         # Keeping 1 % of the way to the boundary is safe far from the optimum, but near it the
         # multipliers of inactive pairs head to 0 and a fixed 1 % would make the last iterations
-        # converge only linearly (100x each); keeping mu instead restores Newton's quadratic rate.
-        keep = mu.clamp(max=0.01)
+        # converge only linearly (100x each); keeping mu instead restores Newton's fast rate.
+        # The floor 1e-8 stops a value from shrinking by more than 1e8 in one step, which would
+        # only make the next Newton matrix singular in float64.
+        keep = mu.clamp(min=1e-8, max=0.01)
         primal_step = _step_to_boundary(_boundary_ratio(slack, ds, prob), keep)
         dual_step = _step_to_boundary(_boundary_ratio(pair_mass, dq, prob), keep)
         if any_done:
