@@ -275,6 +275,48 @@ def overview_table(results: list[dict], settings: list[str], schedules: list[str
     return "\n".join(lines)
 
 
+def pooled_differences(
+    results: list[dict], settings: list[str], schedule: str, baseline: str, key: str
+) -> list[float]:
+    """Paired differences ``schedule - baseline`` of ``key`` over every setting and seed."""
+    by_key = {(r["setting"], r["schedule"]): r for r in results}
+    differences = []
+    for setting in settings:
+        row, base = by_key.get((setting, schedule)), by_key.get((setting, baseline))
+        if row and base:
+            differences += paired_differences(row, base, key)
+    return differences
+
+
+def pooled_table(results: list[dict], settings: list[str], schedules: list[str]) -> str:
+    """Every setting and seed pooled: paired Δ vs joint (and vs fused-only joint training)."""
+    fused_only = "joint_fused" if "joint_fused" in schedules else None
+    lines = [
+        "| schedule | Δ acc vs joint (pp) | W/T/L | Δ macro-F1 vs joint (pp) "
+        "| Δ acc vs joint_fused (pp) | W/T/L |",
+        "|---|---|---|---|---|---|",
+    ]
+    for schedule in (s for s in schedules if s != BASELINE):
+        acc = pooled_differences(results, settings, schedule, BASELINE, "acc")
+        f1 = pooled_differences(results, settings, schedule, BASELINE, "macro_f1")
+        cells = [schedule, _signed(acc), wins_losses(acc), _signed(f1, spread=False), "-", "-"]
+        if fused_only and schedule != fused_only:
+            versus = pooled_differences(results, settings, schedule, fused_only, "acc")
+            cells[4:6] = [_signed(versus), wins_losses(versus)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _signed(values: list[float], spread: bool = True) -> str:
+    """``+mean ± std`` in points (``+mean`` alone without ``spread``)."""
+    if not values:
+        return "n/a"
+    mean, std = mean_std([100 * v for v in values])
+    if not spread or math.isnan(std):
+        return f"{mean:+.2f}"
+    return f"{mean:+.2f} ± {std:.2f}"
+
+
 def report(results: list[dict], settings: list[str], schedules: list[str]) -> str:
     """All tables as Markdown: one per setting, then the overview."""
     parts = []
@@ -286,6 +328,11 @@ def report(results: list[dict], settings: list[str], schedules: list[str]) -> st
     parts.append(
         "### Overview: mean paired Δ test accuracy vs joint (pp), (W/T/L over seeds)\n\n"
         + overview_table(results, settings, schedules)
+    )
+    pairs = len(pooled_differences(results, settings, schedules[-1], BASELINE, "acc"))
+    parts.append(
+        f"Pooled over all settings and seeds ({pairs} pairs; the spread is the std of the paired "
+        "differences, which mixes settings):\n\n" + pooled_table(results, settings, schedules)
     )
     return "\n\n".join(parts)
 

@@ -97,6 +97,7 @@ def test_schedules_reprints_saved_results(finished, capsys, monkeypatch):
 
     printed = capsys.readouterr().out
     assert "### quick" in printed and "| pid |" in printed and "sum of row times" in printed
+    assert "Pooled over all settings and seeds" in printed
 
 
 def test_overhead_quick_measures_both_arms(finished):
