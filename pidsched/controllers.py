@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from pidsched._checks import check_int_at_least
+
 __all__ = [
     "STAGE_JOINT",
     "STAGE_UNIMODAL",
@@ -92,8 +94,7 @@ class Controller(ABC):
 
 
 def _check_non_negative_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"`{name}` must be a non-negative int, got {value!r}.")
+    check_int_at_least(name, value, 0, "a count of epochs or switches")
     return value
 
 

@@ -61,6 +61,8 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
+from pidsched._checks import check_int_at_least
+
 __all__ = ["OGMGECallback", "discrepancy_ratios", "modulation_coefficients"]
 
 # Added to the gradient's standard deviation, as released: a zero gradient still gets noise.
@@ -295,8 +297,7 @@ def _check_arguments(
         )
     if not isinstance(noise, bool):
         raise TypeError(f"`noise` must be True (OGM-GE) or False (OGM), got {noise!r}.")
-    if not _is_int(seed) or seed < 0:
-        raise ValueError(f"`seed` must be an int >= 0, got {seed!r}.")
+    check_int_at_least("seed", seed, 0, "the seed of the enhancement noise")
 
 
 def _check_module(pl_module: LightningModule) -> None:

@@ -28,6 +28,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from typing_extensions import override
 
+from pidsched._checks import check_int_at_least, check_tolerance_bits
 from pidsched.controllers import STAGE_JOINT, STAGE_UNIMODAL, Controller, Decision, PIDController
 from pidsched.metrics.fastpid import FastPID
 from pidsched.models.protocol import check_multimodal_module, modality_outputs
@@ -479,33 +480,20 @@ def _check_arguments(
     probe_inputs: Any,
     probe_buffer_size: Any,
 ) -> None:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"`num_classes` must be an int >= 2, got {num_classes!r}.")
+    check_int_at_least("num_classes", num_classes, 2, "the number of classes")
     if controller is not None and not isinstance(controller, Controller):
         raise TypeError(
             "`controller` must be a pidsched.controllers.Controller (e.g. PIDController()), "
             f"got {type(controller).__name__}."
         )
-    if (
-        isinstance(probe_every_n_epochs, bool)
-        or not isinstance(probe_every_n_epochs, int)
-        or probe_every_n_epochs < 1
-    ):
-        raise ValueError(
-            f"`probe_every_n_epochs` must be an int >= 1, got {probe_every_n_epochs!r}."
-        )
+    check_int_at_least("probe_every_n_epochs", probe_every_n_epochs, 1, "training epochs per probe")
     if discretization not in _DISCRETIZATIONS:
         raise ValueError(
             f"`discretization` must be one of {_DISCRETIZATIONS}, got {discretization!r}."
         )
     if metric_factory is not None and not callable(metric_factory):
         raise TypeError("`metric_factory` must be callable as metric_factory(num_classes=K).")
-    if (
-        isinstance(probe_tol, bool)
-        or not isinstance(probe_tol, (int, float))
-        or not 0 < probe_tol < 1
-    ):
-        raise ValueError(f"`probe_tol` must be a number of bits in (0, 1), got {probe_tol!r}.")
+    check_tolerance_bits("probe_tol", probe_tol)
     if metric_factory is not None and (discretization != "soft" or probe_tol != 1e-5):
         raise ValueError(
             "`discretization` and `probe_tol` configure the default FastPID metric; with "
@@ -518,15 +506,12 @@ def _check_arguments(
             "`probe_inputs='features'` needs a feature metric: pass e.g. "
             "metric_factory=functools.partial(ClusteredFastPID, num_clusters=20)."
         )
-    if (
-        isinstance(probe_buffer_size, bool)
-        or not isinstance(probe_buffer_size, int)
-        or probe_buffer_size < 1
-    ):
-        raise ValueError(
-            f"`probe_buffer_size` must be an int >= 1 (samples), got {probe_buffer_size!r}; use 1 "
-            "to update the metric on every validation batch."
-        )
+    check_int_at_least(
+        "probe_buffer_size",
+        probe_buffer_size,
+        1,
+        "validation samples held before one metric update; 1 updates on every batch",
+    )
 
 
 def _check_strategy(trainer: Trainer) -> None:

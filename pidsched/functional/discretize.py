@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pidsched._checks import check_int_at_least as _check_int_at_least
+
 __all__ = [
     "cluster_features",
     "joint_from_features",
@@ -40,15 +42,6 @@ _DISCRETIZATIONS = ("soft", "hard")
 # ---------------------------------------------------------------------------------------------
 # Argument validation (plain Python values)
 # ---------------------------------------------------------------------------------------------
-
-
-def _check_int_at_least(name: str, value: object, minimum: int, meaning: str) -> None:
-    """Raise unless ``value`` is a Python int (not bool) that is at least ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(
-            f"Expected argument `{name}` ({meaning}) to be an integer >= {minimum}, "
-            f"but got {value!r}."
-        )
 
 
 def _joint_from_logits_arg_validation(num_classes: int | None, discretization: str) -> None:

@@ -18,6 +18,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat, rank_zero_warn
 from typing_extensions import override
 
+from pidsched._checks import check_tolerance_bits
 from pidsched.functional.discretize import (
     Discretization,
     _joint_from_features_arg_validation,
@@ -55,11 +56,7 @@ class _PIDMetric(Metric):
     tol: float
 
     def _set_tol(self, tol: float) -> None:
-        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1:
-            raise ValueError(
-                f"Expected argument `tol` (the certified error bound, bits) to be a number in "
-                f"(0, 1), got {tol!r}; the solver's default is 1e-7."
-            )
+        check_tolerance_bits("tol", tol)
         self.tol = float(tol)
 
     def _decompose(self, joint: Tensor, warm_start: PIDResult | None) -> PIDResult:

@@ -32,6 +32,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from typing_extensions import override
 
+from pidsched._checks import check_int_at_least
 from pidsched.models.fusion import ConcatFusion, SumFusion, build_fusion
 from pidsched.models.protocol import check_stage
 
@@ -157,8 +158,7 @@ class MultimodalClassifier(LightningModule):
     ) -> None:
         super().__init__()
         _check_encoders(encoders, feature_dims)
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"`num_classes` must be an int >= 2, got {num_classes!r}.")
+        check_int_at_least("num_classes", num_classes, 2, "the number of classes")
         if not unimodal_weight >= 0:
             raise ValueError(f"`unimodal_weight` must be >= 0, got {unimodal_weight!r}.")
         # Plain values only, so that checkpoints load with torch.load(weights_only=True).
@@ -347,8 +347,7 @@ def _check_encoders(encoders: Any, feature_dims: Any) -> None:
             f"got {feature_dims!r}."
         )
     for name, dim in feature_dims.items():
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"`feature_dims[{name!r}]` must be a positive int, got {dim!r}.")
+        check_int_at_least(f"feature_dims[{name!r}]", dim, 1, "the encoder's output size")
 
 
 def _unpack_batch(batch: Any, names: Iterable[str]) -> tuple[Mapping[str, Tensor], Tensor]:

@@ -1,0 +1,24 @@
+"""Checks of plain Python arguments, shared by the solver's wrappers, the metrics and callbacks.
+
+Each raises ``ValueError`` naming the argument, what it means and what was expected.
+"""
+
+from __future__ import annotations
+
+
+def check_int_at_least(name: str, value: object, minimum: int, meaning: str) -> None:
+    """Raise unless ``value`` is a Python int (not bool) that is at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(
+            f"Expected argument `{name}` ({meaning}) to be an integer >= {minimum}, "
+            f"but got {value!r}."
+        )
+
+
+def check_tolerance_bits(name: str, value: object) -> None:
+    """Raise unless ``value`` is a real number in (0, 1): a certified error bound in bits."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ValueError(
+            f"Expected argument `{name}` (the certified error bound of the PID atoms, bits) to "
+            f"be a number in (0, 1), but got {value!r}; the solver's default is 1e-7."
+        )
