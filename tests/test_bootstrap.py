@@ -171,11 +171,28 @@ def test_interval_needs_replicates():
         bootstrap_interval(result, result)
 
 
-@pytest.mark.parametrize("num_bootstrap", [-1, 1.5, "8", True])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_bootstrap": -1}, "`num_bootstrap`"),
+        ({"num_bootstrap": 1.5}, "`num_bootstrap`"),
+        ({"num_bootstrap": "8"}, "`num_bootstrap`"),
+        ({"num_bootstrap": True}, "`num_bootstrap`"),
+        ({"seed": -1}, "`seed`"),
+    ],
+)
 @pytest.mark.parametrize("metric_class", [FastPID, ClusteredFastPID])
-def test_metrics_reject_a_bad_num_bootstrap(metric_class, num_bootstrap):
-    with pytest.raises(ValueError, match="`num_bootstrap`"):
-        metric_class(num_classes=2, num_bootstrap=num_bootstrap)
+def test_metrics_reject_bad_bootstrap_arguments(metric_class, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        metric_class(num_classes=2, **kwargs)
+
+
+def test_as_dict_of_a_bootstrapped_result_skips_the_replicates():
+    metric = FastPID(NUM_CLASSES, num_bootstrap=3)
+    metric.update(*correlated_logits(60))
+    values = metric.compute().as_dict()
+    assert "replicates" not in values
+    assert set(values) == {*INFORMATION_FIELDS, "gap", "iterations"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,3 +341,22 @@ def test_clustered_replicates_reuse_the_full_sample_clustering():
     # Synergy near its 1-bit ceiling: the replicates sit below the estimate and the interval,
     # reflected about it, reaches above it.
     assert 0 < high.synergy - low.synergy < 0.3
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bootstrap_on_cuda_equals_cpu():
+    inputs = correlated_logits(200, seed=15)
+    metrics = {}
+    for device in ("cpu", "cuda"):
+        metric = FastPID(NUM_CLASSES, num_bootstrap=10, seed=2).to(device)
+        metric.update(*[tensor.to(device) for tensor in inputs])
+        metrics[device] = metric
+    # The weights are drawn on the CPU, so both devices accumulate the same replicates.
+    torch.testing.assert_close(
+        metrics["cuda"].replicate_joint.cpu(), metrics["cpu"].replicate_joint, rtol=0, atol=1e-12
+    )
+    results = {device: metric.compute() for device, metric in metrics.items()}
+    assert results["cuda"].replicates.synergy.device.type == "cuda"
+    low_cuda, _ = results["cuda"].interval()
+    low_cpu, _ = results["cpu"].interval()
+    torch.testing.assert_close(low_cuda.synergy.cpu(), low_cpu.synergy, rtol=0, atol=1e-6)

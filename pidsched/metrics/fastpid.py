@@ -3,7 +3,9 @@
 ``FastPID`` is pidsched's default probe: a fixed-size ``K x K x K`` sum state built from the two
 modalities' logits (the ``MulticlassConfusionMatrix`` pattern), so memory does not grow with the
 probe set and DDP sync is one all-reduce. ``ClusteredFastPID`` reproduces the released paper code's
-embedding clustering, which needs every sample at once. All mathematics lives in
+embedding clustering, which needs every sample at once. With ``num_bootstrap=B`` both also
+decompose ``B`` Poisson-bootstrap replicates of the joint (``result.replicates``,
+``result.interval()``; docs/method.md, "Bootstrap intervals"). All mathematics lives in
 :mod:`pidsched.functional`; these classes only hold state.
 """
 
@@ -86,7 +88,8 @@ class _PIDMetric(Metric):
     def bootstrap_state(self) -> dict[str, int]:
         """The bootstrap's random state (plain ints) for a checkpoint: the seed and the number of
         draws made. :meth:`load_bootstrap_state` of it makes a resumed run repeat the
-        uninterrupted run's draws."""
+        uninterrupted run's draws. The rank is not part of it (it is read at each draw), so under
+        DDP rank 0's state restores every rank whose update count matched rank 0's."""
         return {"seed": self.seed, "draws": self._bootstrap_draws}
 
     def load_bootstrap_state(self, state: dict[str, int]) -> None:
