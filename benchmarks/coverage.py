@@ -12,8 +12,10 @@ Each repetition draws a fresh probe of ``N`` samples, runs ``FastPID(num_bootstr
 checks whether each interval covers the reference atom (atoms >= 0.01 bits) or starts at 0
 (atoms equal to 0). Printed beside the library's interval (``result.interval``, the basic interval
 widened by ``c = 1.5``): the percentile interval and the basic interval with ``c = 1`` and
-``1.25``, all from the same replicates, and the mean width of the library's interval and the
-mean bias of the estimate.
+``1.25``, all from the same replicates; then the library interval's mean width, the estimate's
+bias and standard deviation over the repetitions, and their bootstrap estimates (means over the
+repetitions of the replicates' mean minus the estimate and of the replicates' standard
+deviation).
 
     python benchmarks/coverage.py                   # the table of docs/method.md (~4 min)
     python benchmarks/coverage.py --repetitions 5 --sizes 300 --bootstrap 50   # a smoke run
@@ -22,6 +24,7 @@ mean bias of the estimate.
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -97,7 +100,9 @@ def run_size(args, num_samples: int, reference: PIDResult, generator) -> dict:
     """Per interval and atom: the fraction of repetitions covering (or starting at 0)."""
     hits: dict[str, dict[str, int]] = {}
     widths: dict[str, float] = dict.fromkeys(ATOMS, 0.0)
-    bias: dict[str, float] = dict.fromkeys(ATOMS, 0.0)
+    estimates: dict[str, list[float]] = {atom: [] for atom in ATOMS}
+    spreads: dict[str, float] = dict.fromkeys(ATOMS, 0.0)  # bootstrap sd of the replicates
+    boot_bias: dict[str, float] = dict.fromkeys(ATOMS, 0.0)  # replicate mean - estimate
     for repetition in range(args.repetitions):
         metric = FastPID(args.classes, num_bootstrap=args.bootstrap, seed=repetition)
         metric.update(*sample(num_samples, args.signal, args.classes, generator))
@@ -115,12 +120,21 @@ def run_size(args, num_samples: int, reference: PIDResult, generator) -> dict:
                     hit = lower.item() <= truth <= upper.item()
                 hits.setdefault(name, dict.fromkeys(ATOMS, 0))[atom] += int(hit)
             widths[atom] += (getattr(high, atom) - getattr(low, atom)).item()
-            bias[atom] += estimate.item() - truth
+            replicates = getattr(result.replicates, atom)
+            estimates[atom].append(estimate.item())
+            spreads[atom] += replicates.std().item()
+            boot_bias[atom] += (replicates.mean() - estimate).item()
     total = args.repetitions
+    references = {atom: getattr(reference, atom).item() for atom in ATOMS}
     return {
         "coverage": {name: {a: n / total for a, n in row.items()} for name, row in hits.items()},
-        "width": {atom: value / total for atom, value in widths.items()},
-        "bias": {atom: value / total for atom, value in bias.items()},
+        "mean width": {atom: value / total for atom, value in widths.items()},
+        "bias of estimate": {
+            atom: statistics.fmean(values) - references[atom] for atom, values in estimates.items()
+        },
+        "bootstrap bias": {atom: value / total for atom, value in boot_bias.items()},
+        "sd of estimate": {atom: statistics.stdev(values) for atom, values in estimates.items()},
+        "bootstrap sd": {atom: value / total for atom, value in spreads.items()},
     }
 
 
@@ -151,10 +165,10 @@ def main(argv=None) -> None:
         print(f"|{'-' * 22}|" + "|".join("-" * 12 for _ in ATOMS) + "|")
         for name, row in table["coverage"].items():
             print(f"| {name:<20} | " + " | ".join(f"{row[atom]:>10.3f}" for atom in ATOMS) + " |")
-        for name in ("width", "bias"):
-            label = "mean width" if name == "width" else "mean bias of estimate"
+        summaries = ("mean width", "bias of estimate", "bootstrap bias", "sd of estimate")
+        for name in (*summaries, "bootstrap sd"):
             row = table[name]
-            print(f"| {label:<20} | " + " | ".join(f"{row[atom]:>10.4f}" for atom in ATOMS) + " |")
+            print(f"| {name:<20} | " + " | ".join(f"{row[atom]:>10.4f}" for atom in ATOMS) + " |")
 
 
 if __name__ == "__main__":
