@@ -223,6 +223,17 @@ def test_replicate_states_equal_explicitly_weighted_joints(discretization):
         )
 
 
+def test_forward_draws_once_per_batch_and_accumulates_replicates():
+    metric = FastPID(NUM_CLASSES, num_bootstrap=5)
+    first, second = correlated_logits(50, seed=16), correlated_logits(40, seed=17)
+    batch_value = metric(*first)
+    metric(*second)
+    assert batch_value.replicates.synergy.shape == (5,)
+    expected = joint_from_logits(*first, weights=bootstrap_weights(5, 50, 0, 0, 0))
+    expected += joint_from_logits(*second, weights=bootstrap_weights(5, 40, 0, 0, 1))
+    torch.testing.assert_close(metric.replicate_joint, expected, rtol=0, atol=1e-12)
+
+
 def test_no_bootstrap_is_todays_metric():
     inputs = correlated_logits(150, seed=7)
     plain, boot = FastPID(NUM_CLASSES), FastPID(NUM_CLASSES, num_bootstrap=8)
