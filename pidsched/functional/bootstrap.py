@@ -1,22 +1,22 @@
 """Bootstrap uncertainty of PID atoms: reproducible Poisson weights and bias-aware intervals.
 
-A probe estimates the atoms from a few hundred samples, so their sampling error (0.004-0.06 bits)
-dwarfs the solver's certified gap (1e-7 bits). The Poisson bootstrap (Hanley and MacGibbon 2006)
-resamples by giving every sample an independent Poisson(1) multiplicity per replicate, which needs
-no second pass over the data and sums across batches and processes: the metrics accumulate one
-weighted joint per replicate (:func:`pidsched.functional.joint_from_logits` with ``weights``) and
-decompose all of them with one batched :func:`pidsched.functional.pid`.
+A probe estimates the atoms from a few hundred samples, so their sampling error is orders of
+magnitude above the solver's certified gap (1e-7 bits). The Poisson bootstrap (Hanley and
+MacGibbon 2006) resamples by giving every sample an independent Poisson(1) multiplicity per
+replicate, which needs no second pass over the data and sums across batches and processes: the
+metrics accumulate one weighted joint per replicate (:func:`pidsched.functional.joint_from_logits`
+with ``weights``) and decompose all of them with one batched :func:`pidsched.functional.pid`.
 
 The interval (:func:`bootstrap_interval`) is a widened basic (reverse-percentile) interval,
-``[theta - c (q_hi - theta), theta - c (q_lo - theta)]`` with ``c = 1.5``, clamped at 0. Plug-in PID
-is biased upwards, and the replicates are biased by about as much again above the estimate, so
-reflecting their quantiles about the estimate removes the bias to first order, where the
+``[theta - c (q_hi - theta), theta - c (q_lo - theta)]`` with ``c = 1.5``, clamped at 0. Plug-in
+PID is biased upwards, and the replicates are biased by about as much again above the estimate,
+so reflecting their quantiles about the estimate removes the bias to first order, where the
 percentile interval doubles it; every atom is non-negative, so an interval reaching below 0
-starts at exactly 0. At a few hundred samples the bootstrap still underestimates the spread
-(by 15-20 % for R and S) and half the bias of R and S, and the plain basic interval covers only
-73-82 %; ``c = 1.5`` is the widening that meets 85 % on ``benchmarks/coverage.py`` at 300
-samples, an empirical calibration that makes the interval conservative (98-99 %) at 1,000. See
-docs/method.md, "Bootstrap intervals", for the measured coverage.
+starts at exactly 0. At a few hundred samples the bootstrap still underestimates the spread (by
+15-17 %) and the bias (2 to 3.5 times) of R and S, and the plain basic interval covers only
+73-82 %; ``c = 1.5`` is the smallest widening tried that meets 85 % on
+``benchmarks/coverage.py`` at 300 samples, an empirical calibration that makes the interval
+conservative (98-99 %) at 1,000. See docs/method.md, "Bootstrap intervals", for the coverage.
 """
 
 from __future__ import annotations
