@@ -281,9 +281,9 @@ def _joint_update(
     The samples are grouped by label (a stable sort) and each label's ``(K1, K2)`` slice is one
     matmul of its samples' posteriors: ``O(N K1 K2)`` work and ``O(N (K1 + K2))`` memory (a
     one-hot contraction of all ``(N, K1 K2)`` pairs with the labels costs ``O(N K1 K2 Ky)`` and
-    ``O(N K1 K2)``: 4 GFLOP and 334 MB at 101 classes and 4,096 samples). Matmuls and the stable
-    sort are deterministic on CUDA, unlike atomic scatter-adds. The label counts are read on the
-    host (one device sync per call) to slice the groups.
+    ``O(N K1 K2)``: 4e9 multiply-adds and 334 MB at 101 classes and 4,096 samples). Matmuls and
+    the stable sort are deterministic on CUDA, unlike atomic scatter-adds. The label counts are
+    read on the host (one device sync per call) to slice the groups.
 
     Args:
         posteriors_1: ``(N, K1)`` float64 distributions over source 1 symbols.
