@@ -8,8 +8,11 @@ cannot do what the schedule is for (stage 2 out of reach of the epoch budget) ge
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
+
+from hydra.errors import InstantiationException
 
 from pidsched.data.mfeat import MFEAT_VIEWS, MFeatDataModule
 from pidsched.models.fusion import FUSIONS, build_fusion
@@ -22,6 +25,33 @@ FUSIONS_OF_ANY_COUNT = ("concat", "sum")
 
 class ConfigError(ValueError):
     """A composed config that cannot run; the message names the override that fixes it."""
+
+
+@contextmanager
+def settings_of(keys: str) -> Iterator[None]:
+    """Turn a constructor's rejection of its arguments into a :class:`ConfigError`.
+
+    pidsched's constructors raise ``ValueError``/``TypeError`` naming the bad argument (Hydra
+    wraps them in ``InstantiationException``); the message adds ``keys``, the config keys the
+    arguments came from (``data.*``), so the fix is one override away. Other errors propagate.
+    """
+    try:
+        yield
+    except ConfigError:
+        raise
+    except InstantiationException as error:
+        if not isinstance(error.__cause__, (ValueError, TypeError)):
+            raise
+        raise ConfigError(rejection(keys, error.__cause__)) from None
+    except (ValueError, TypeError) as error:
+        raise ConfigError(rejection(keys, error)) from None
+
+
+def rejection(keys: str, error: Exception) -> str:
+    return (
+        f"the settings {keys} were rejected: {error} "
+        "(`pidsched-train --cfg job` prints the composed config)."
+    )
 
 
 def views_override(views: Sequence[str]) -> str:

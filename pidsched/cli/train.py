@@ -27,7 +27,6 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
@@ -42,6 +41,7 @@ from pidsched.cli.checks import (
     check_fusion,
     check_modality_count,
     missing_encoder_message,
+    settings_of,
     stage_two_warning,
 )
 from pidsched.cli.selection import JOINT_STAGE, JointStageCheckpoint
@@ -77,7 +77,8 @@ def build_encoders(encoder_cfg: Mapping[str, Any], datamodule: Any) -> dict[str,
         kind = kinds[name]
         spec = encoder_cfg.get(name, encoder_cfg.get(kind))
         extra = {"input_dim": datamodule.input_shapes[name][0]} if kind == "vector" else {}
-        encoders[name] = instantiate(spec, **extra)
+        with settings_of(f"model.encoder.{name if name in encoder_cfg else kind}.*"):
+            encoders[name] = instantiate(spec, **extra)
     return encoders
 
 
@@ -85,12 +86,13 @@ def build_model(model_cfg: DictConfig, datamodule: Any) -> L.LightningModule:
     """The ``model`` config instantiated with encoders, feature dims and classes from the data."""
     encoders = build_encoders(model_cfg.get("encoder", {}), datamodule)
     model_args = OmegaConf.masked_copy(model_cfg, [k for k in model_cfg if k != "encoder"])
-    make_model = instantiate(model_args, _partial_=True, _convert_="all")
-    return make_model(
-        encoders=encoders,
-        feature_dims={name: int(encoder.output_dim) for name, encoder in encoders.items()},
-        num_classes=int(datamodule.num_classes),
-    )
+    with settings_of("model.*"):
+        make_model = instantiate(model_args, _partial_=True, _convert_="all")
+        return make_model(
+            encoders=encoders,
+            feature_dims={name: int(encoder.output_dim) for name, encoder in encoders.items()},
+            num_classes=int(datamodule.num_classes),
+        )
 
 
 def build_extra_callbacks(callbacks_cfg: Mapping[str, Any] | None) -> list[Callback]:
@@ -165,24 +167,6 @@ def stage2_reached(switch_epoch: int | None, final_epoch: int) -> bool:
     return switch_epoch is not None and switch_epoch <= final_epoch
 
 
-def instantiate_group(cfg: DictConfig, group: str, **kwargs: Any) -> Any:
-    """``cfg[group]`` instantiated; arguments its target rejects become a :class:`ConfigError`.
-
-    The target's ``ValueError``/``TypeError`` names the bad argument; the message adds the
-    config keys it sits under (``data.*``, ``schedule.*``), so the fix is one override away.
-    """
-    try:
-        return instantiate(cfg[group], **kwargs)
-    except InstantiationException as error:
-        cause = error.__cause__
-        if not isinstance(cause, (ValueError, TypeError)):
-            raise
-        raise ConfigError(
-            f"the {group} settings ({group}.*) were rejected: {cause} "
-            "(`pidsched-train --cfg job` prints the composed config)."
-        ) from None
-
-
 @rank_zero_only
 def warn(message: str) -> None:
     """A warning on the console and in the run's log (once, on rank zero)."""
@@ -222,11 +206,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         torch.set_num_threads(int(cfg.cpu_threads))
     L.seed_everything(cfg.seed, workers=True)
 
-    datamodule = instantiate_group(cfg, "data")
+    with settings_of("data.*"):
+        datamodule = instantiate(cfg.data)
     check_modality_count(datamodule)
     check_fusion(cfg.model, datamodule)
     model = build_model(cfg.model, datamodule)
-    scheduler = instantiate_group(cfg, "schedule", num_classes=int(datamodule.num_classes))
+    with settings_of("schedule.*"):
+        scheduler = instantiate(cfg.schedule, num_classes=int(datamodule.num_classes))
     schedule_name = HydraConfig.get().runtime.choices.get("schedule", "custom")
     warning = stage_two_warning(
         scheduler.controller,
