@@ -164,8 +164,8 @@ def test_pure_layers_import_without_lightning(statement, absent):
     assert modules_loaded_by(statement, absent) == []
 
 
-def test_the_checker_of_loaded_modules_sees_lightning():
-    assert modules_loaded_by("import pidsched.callbacks.pid_scheduler", HEAVY)[:1] == ["lightning"]
+def test_the_checker_of_loaded_modules_sees_what_was_imported():
+    assert modules_loaded_by("import hydra", HEAVY) == ["hydra"]  # hydra: the quickest of HEAVY
 
 
 def lazy_exports(package: str) -> dict[str, str]:
