@@ -26,11 +26,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The CVXPY reference is test code (CVXPY is a development dependency), kept in tests/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from _pid_reference import broja_cvxpy
 from adam_sinkhorn import adam_sinkhorn_pid
 
 from pidsched.functional import pid
-from pidsched.functional.reference import broja_cvxpy
 
 ATOMS = ("unique_1", "unique_2", "redundancy", "synergy")
 DEFAULT_SIZES = "6x6x6,10x10x10,20x20x6,20x20x28,20x20x20,50x50x50"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,23 +13,37 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from _audiovisual_helpers import make_cremad
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
+from pidsched.cli.checks import ENCODER_FOR_KIND, EXIT_CONFIG_ERROR, ConfigError
 from pidsched.cli.selection import JointStageCheckpoint
 from pidsched.cli.train import build_encoders, format_summary
 from pidsched.data import MFeatDataModule
 
 COMMAND = shutil.which("pidsched-train") or str(Path(sys.executable).with_name("pidsched-train"))
 QUIET = ["trainer.enable_progress_bar=false"]
+# The smallest run that still fits, selects and tests: for commands that only need to start.
+TINY = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=2",
+    "trainer.limit_test_batches=2",
+    "callbacks.report=null",
+    *QUIET,
+]
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-def run_command(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_command(
+    args: list[str], cwd: Path, timeout: int = 300, returncode: int = 0
+) -> subprocess.CompletedProcess:
     env = dict(os.environ, WANDB_MODE="disabled", PYTHONWARNINGS="ignore")
     result = subprocess.run(
         [COMMAND, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == returncode, result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
 
@@ -101,6 +116,14 @@ def test_multirun_writes_one_directory_per_job(tmp_path):
     jobs = {(s["schedule"], s["seed"]) for s in map(json.loads, map(Path.read_text, summaries))}
     assert jobs == {("joint", 0), ("joint", 1), ("fixed", 0), ("fixed", 1)}
     assert len({p.parent for p in summaries}) == 4
+    # The summary and the history file agree on when stage 2 began: at once for joint (no
+    # stage 1), after the one fixed unimodal epoch for fixed.
+    for path in summaries:
+        summary = json.loads(path.read_text())
+        history = json.loads((path.parent / "pid_history.json").read_text())
+        expected = {"joint": 0, "fixed": 1}[summary["schedule"]]
+        assert summary["switch_epoch"] == history["switch_epoch"] == expected
+        assert summary["stage2_reached"] is True
 
 
 @pytest.mark.ddp
@@ -194,3 +217,116 @@ def test_summary_table_reports_what_was_asked():
     )
     assert "a 0.5000 | b 0.2500 | fused 0.7500" in table
     assert "not measured (no probe in this run)" in table and "none (stage 1 never ended)" in table
+    assert "untrained" not in table  # a summary without stage2_reached says nothing about it
+
+
+def test_summary_table_marks_an_untrained_fusion_head():
+    summary = {
+        "schedule": "pid",
+        "switch_epoch": None,
+        "stage2_reached": False,
+        "selected_epoch": None,
+        "selection_reason": "no epoch was trained in the joint stage",
+        "test_acc": {"a": 0.5, "b": 0.25, "fused": 0.0875},
+        "final_pid": None,
+        "run_dir": "/r",
+    }
+    assert "fused 0.0875  (fused: an untrained head, stage 2 never started)" in format_summary(
+        summary
+    )
+    assert "untrained" not in format_summary({**summary, "stage2_reached": True})
+
+
+@pytest.fixture(scope="module")
+def cremad_root(tmp_path_factory):
+    return make_cremad(tmp_path_factory.mktemp("cremad"), clips_per_class=4, test_per_class=1)
+
+
+def overrides_named_in(message: str, pattern: str) -> list[str]:
+    """The overrides matching ``pattern`` that an error message tells the user to add."""
+    return re.findall(pattern, message)
+
+
+# (arguments that cannot run, the overrides the message must name, the pattern to take them
+# from the message, arguments that make a follow-up run cheap)
+CONFIG_ERRORS = {
+    "one view": (
+        ["experiment=mfeat", "data.views=[fou]"],
+        ["data.views=[fou,pix]"],
+        r"data\.views=\[fou,pix\]",
+        ["schedule=joint"],
+    ),
+    "film with three views": (
+        ["experiment=mfeat", "data.views=[fou,pix,kar]", "model/fusion=film"],
+        ["model/fusion=concat"],
+        r"model/fusion=concat",
+        ["schedule=joint"],
+    ),
+    "audio-visual data without their encoders": (
+        ["data=cremad", "data.root={cremad}", "data.image_size=32", "data.num_workers=0"],
+        [
+            "+model/encoder@model.encoder.audio=resnet18_audio",
+            "+model/encoder@model.encoder.visual=resnet18_visual",
+        ],
+        r"\+model/encoder@model\.encoder\.\w+=\w+",
+        ["schedule=joint", "data.batch_size=4"],
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CONFIG_ERRORS)
+def test_config_errors_speak_cli_and_their_fix_works(case, tmp_path, cremad_root):
+    """One message, no traceback, exit status 2; then the named overrides, added, run."""
+    bad, named, pattern, cheap = CONFIG_ERRORS[case]
+    bad = [arg.format(cremad=cremad_root) for arg in bad]
+    failed = run_command(
+        [*bad, f"hydra.run.dir={tmp_path / 'bad'}", *TINY],
+        cwd=tmp_path,
+        returncode=EXIT_CONFIG_ERROR,
+    )
+    output = failed.stdout + failed.stderr
+    assert "Traceback" not in output and "HYDRA_FULL_ERROR" not in output
+    message = next(line for line in failed.stderr.splitlines() if "error:" in line)
+    assert message.startswith("pidsched-train: error: ")
+    for override in named:
+        assert override in message
+    assert "fusion='" not in message  # Python keyword syntax is not a command-line override
+
+    fix = overrides_named_in(message, pattern)
+    run_dir = tmp_path / "fixed"
+    run_command([*bad, *fix, *cheap, f"hydra.run.dir={run_dir}", *TINY], cwd=tmp_path)
+    assert (run_dir / "summary.json").is_file()
+
+
+def test_encoder_hints_name_shipped_options():
+    for kind, option in ENCODER_FOR_KIND.items():
+        assert (CONF / "model" / "encoder" / f"{option}.yaml").is_file(), kind
+
+
+@pytest.mark.slow
+def test_stage_two_out_of_reach_is_warned_and_marked(tmp_path):
+    """A budget that ends inside stage 1: a warning before training, the summary marked; the
+    warning's own shorter-stage-1 override then reaches stage 2."""
+    short = ["experiment=mfeat", "trainer.max_epochs=2", *TINY[1:]]
+    run_dir = tmp_path / "short"
+    result = run_command([*short, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    output = result.stdout + result.stderr
+    warning = next(line for line in output.splitlines() if "stage-1 budget" in line)
+    assert "trainer.max_epochs>20" in warning
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stage2_reached"] is False and summary["switch_epoch"] is None
+    assert "untrained head, stage 2 never started" in result.stdout
+
+    fix = re.search(r"\(e\.g\. (stage1_max_epochs=[^)]*)\)", warning).group(1).split()
+    run_dir = tmp_path / "fixed"
+    result = run_command([*short, *fix, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["stage2_reached"] is True and summary["switch_epoch"] == 1
+    assert "stage-1 budget" not in result.stdout + result.stderr
+
+
+def test_config_error_is_a_value_error_naming_every_missing_encoder():
+    with pytest.raises(ConfigError, match=r"'fou' \(kind 'vector'\), 'pix'"):
+        build_encoders({}, MFeatDataModule())
+    assert issubclass(ConfigError, ValueError)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 from _pid_oracles import ORACLES
+from _pid_reference import broja_cvxpy
 
 from pidsched.functional import PIDResult, pid
-from pidsched.functional.reference import broja_cvxpy
 
 ATOMS = ("unique_1", "unique_2", "redundancy", "synergy")
 TOL = 1e-7  # bits, the solver's default

@@ -17,6 +17,8 @@ Examples::
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,15 +29,28 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 from torch import nn
 from torchmetrics.functional.classification import multiclass_f1_score
 
+from pidsched.cli.checks import (
+    EXIT_CONFIG_ERROR,
+    ConfigError,
+    check_fusion,
+    check_modality_count,
+    missing_encoder_message,
+    settings_of,
+    stage_two_warning,
+)
 from pidsched.cli.selection import JOINT_STAGE, JointStageCheckpoint
 from pidsched.viz.history import HISTORY_JSON_NAME, RunHistory, write_history_json
 
 SUMMARY_NAME = "summary.json"
 CHECKPOINT_DIRNAME = "checkpoints"
+
+log = logging.getLogger("pidsched-train")
 
 
 def build_encoders(encoder_cfg: Mapping[str, Any], datamodule: Any) -> dict[str, nn.Module]:
@@ -46,19 +61,24 @@ def build_encoders(encoder_cfg: Mapping[str, Any], datamodule: Any) -> dict[str,
     kind entry. Vector encoders get ``input_dim`` from ``datamodule.input_shapes``.
 
     Raises:
-        ValueError: a modality has neither a name nor a kind entry.
+        ConfigError: (a ``ValueError``) some modality has neither a name nor a kind entry; the
+            message gives the override that adds one for each such kind.
     """
+    kinds = datamodule.modality_kinds
+    missing = {
+        name: kinds[name]
+        for name in datamodule.modality_names
+        if name not in encoder_cfg and kinds[name] not in encoder_cfg
+    }
+    if missing:
+        raise ConfigError(missing_encoder_message(missing, encoder_cfg))
     encoders = {}
     for name in datamodule.modality_names:
-        kind = datamodule.modality_kinds[name]
+        kind = kinds[name]
         spec = encoder_cfg.get(name, encoder_cfg.get(kind))
-        if spec is None:
-            raise ValueError(
-                f"no encoder for modality {name!r} (kind {kind!r}); model.encoder has "
-                f"{sorted(encoder_cfg)}. Add one, e.g. `+model/encoder@model.encoder.{kind}=mlp`."
-            )
         extra = {"input_dim": datamodule.input_shapes[name][0]} if kind == "vector" else {}
-        encoders[name] = instantiate(spec, **extra)
+        with settings_of(f"model.encoder.{name if name in encoder_cfg else kind}.*"):
+            encoders[name] = instantiate(spec, **extra)
     return encoders
 
 
@@ -66,12 +86,13 @@ def build_model(model_cfg: DictConfig, datamodule: Any) -> L.LightningModule:
     """The ``model`` config instantiated with encoders, feature dims and classes from the data."""
     encoders = build_encoders(model_cfg.get("encoder", {}), datamodule)
     model_args = OmegaConf.masked_copy(model_cfg, [k for k in model_cfg if k != "encoder"])
-    make_model = instantiate(model_args, _partial_=True, _convert_="all")
-    return make_model(
-        encoders=encoders,
-        feature_dims={name: int(encoder.output_dim) for name, encoder in encoders.items()},
-        num_classes=int(datamodule.num_classes),
-    )
+    with settings_of("model.*"):
+        make_model = instantiate(model_args, _partial_=True, _convert_="all")
+        return make_model(
+            encoders=encoders,
+            feature_dims={name: int(encoder.output_dim) for name, encoder in encoders.items()},
+            num_classes=int(datamodule.num_classes),
+        )
 
 
 def build_extra_callbacks(callbacks_cfg: Mapping[str, Any] | None) -> list[Callback]:
@@ -132,15 +153,31 @@ def test_macro_f1(model: nn.Module, datamodule: Any) -> dict[str, float]:
 
 
 def _switch_epoch(scheduler: Any) -> int | None:
-    """First epoch of stage 2: 0 for a schedule without stage 1 (joint from the start)."""
+    """First epoch of stage 2: 0 for a schedule without stage 1 (joint from the start).
+
+    ``summary.json`` and ``pid_history.json`` both take it from here, so they agree.
+    """
     if scheduler.controller.initial_stage == JOINT_STAGE:
         return 0
     return scheduler.switch_epoch
 
 
+def stage2_reached(switch_epoch: int | None, final_epoch: int) -> bool:
+    """Whether any epoch up to ``final_epoch`` trained in stage 2 (so the fusion head learned)."""
+    return switch_epoch is not None and switch_epoch <= final_epoch
+
+
+@rank_zero_only
+def warn(message: str) -> None:
+    """A warning on the console and in the run's log (once, on rank zero)."""
+    log.warning(message)
+
+
 def format_summary(summary: Mapping[str, Any]) -> str:
     """The short table printed at the end of a run."""
     accuracy = " | ".join(f"{head} {acc:.4f}" for head, acc in summary["test_acc"].items())
+    if not summary.get("stage2_reached", True):
+        accuracy += "  (fused: an untrained head, stage 2 never started)"
     pid = summary["final_pid"]
     if pid is None:
         pid_line = "not measured (no probe in this run)"
@@ -169,9 +206,22 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         torch.set_num_threads(int(cfg.cpu_threads))
     L.seed_everything(cfg.seed, workers=True)
 
-    datamodule = instantiate(cfg.data)
+    with settings_of("data.*"):
+        datamodule = instantiate(cfg.data)
+    check_modality_count(datamodule)
+    check_fusion(cfg.model, datamodule)
     model = build_model(cfg.model, datamodule)
-    scheduler = instantiate(cfg.schedule, num_classes=int(datamodule.num_classes))
+    with settings_of("schedule.*"):
+        scheduler = instantiate(cfg.schedule, num_classes=int(datamodule.num_classes))
+    schedule_name = HydraConfig.get().runtime.choices.get("schedule", "custom")
+    warning = stage_two_warning(
+        scheduler.controller,
+        cfg.trainer.get("max_epochs"),
+        cfg.get("stage1_max_epochs"),
+        schedule_name,
+    )
+    if warning:
+        warn(warning)
     checkpoint_dir = run_dir / CHECKPOINT_DIRNAME
     selection = JointStageCheckpoint(checkpoint_dir, scheduler, **cfg.selection)
     last = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0)
@@ -189,16 +239,19 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # trainer.test restores the selected checkpoint, callback states included, so everything
     # the summary reports about the fit is read before it.
     final_epoch = max(trainer.current_epoch - 1, 0)
-    history = RunHistory.from_callback(scheduler, final_epoch=final_epoch)
+    history = RunHistory.from_records(
+        scheduler.history, switch_epoch=_switch_epoch(scheduler), final_epoch=final_epoch
+    )
     summary = {
-        "schedule": HydraConfig.get().runtime.choices.get("schedule", "custom"),
+        "schedule": schedule_name,
         "seed": int(cfg.seed),
         "selected_epoch": selection.best_epoch,
         "selection_reason": selection.reason(),
         "selection_monitor": selection.monitor,
         "selection_score": selection.best_score,
         "checkpoint": selection.best_path,
-        "switch_epoch": _switch_epoch(scheduler),
+        "switch_epoch": history.switch_epoch,
+        "stage2_reached": stage2_reached(history.switch_epoch, final_epoch),
         "final_epoch": final_epoch,
         "final_pid": final_pid(history.records),
         "run_dir": str(run_dir),
@@ -218,12 +271,26 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 def main(cfg: DictConfig) -> float | None:
     """Console entry point ``pidsched-train``.
 
+    A config that cannot run ends the command with its :class:`ConfigError` message (the
+    override that fixes it) on standard error, no traceback, and exit status 2.
+
     Returns:
         The validation score of the selected checkpoint (for Hydra sweepers; never a test
         number, so a sweep cannot select on the test split).
     """
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    return train(cfg, run_dir)["selection_score"]
+    try:
+        return train(cfg, run_dir)["selection_score"]
+    except MissingMandatoryValue as error:
+        fail(f"{error.full_key} has no value; set it on the command line: {error.full_key}=...")
+    except ConfigError as error:
+        fail(str(error))
+
+
+def fail(message: str) -> None:
+    """End ``pidsched-train`` with a configuration error: one message, exit status 2."""
+    print(f"pidsched-train: error: {message}", file=sys.stderr)
+    sys.exit(EXIT_CONFIG_ERROR)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,25 @@
-"""Multimodal models: the module protocol the callback needs, fusion heads, the classifier."""
+"""Multimodal models: the module protocol the callback needs, fusion heads, the classifier.
 
-from pidsched.models.fusion import (
-    FUSIONS,
-    ConcatFusion,
-    FiLMFusion,
-    GatedFusion,
-    SumFusion,
-    build_fusion,
-)
-from pidsched.models.multimodal import MultimodalClassifier
-from pidsched.models.protocol import MultimodalModule, check_multimodal_module
+Imported on first use (PEP 562): ``pidsched.models.protocol`` and ``pidsched.models.fusion`` need
+torch only; ``MultimodalClassifier`` brings in Lightning.
+"""
+
+from typing import TYPE_CHECKING
+
+from pidsched._lazy import lazy_exports
+
+_EXPORTS = {
+    "pidsched.models.fusion": (
+        "FUSIONS",
+        "ConcatFusion",
+        "FiLMFusion",
+        "GatedFusion",
+        "SumFusion",
+        "build_fusion",
+    ),
+    "pidsched.models.multimodal": ("MultimodalClassifier",),
+    "pidsched.models.protocol": ("MultimodalModule", "check_multimodal_module"),
+}
 
 __all__ = [
     "FUSIONS",
@@ -22,3 +32,17 @@ __all__ = [
     "build_fusion",
     "check_multimodal_module",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+if TYPE_CHECKING:
+    from pidsched.models.fusion import (
+        FUSIONS,
+        ConcatFusion,
+        FiLMFusion,
+        GatedFusion,
+        SumFusion,
+        build_fusion,
+    )
+    from pidsched.models.multimodal import MultimodalClassifier
+    from pidsched.models.protocol import MultimodalModule, check_multimodal_module

@@ -56,7 +56,7 @@ class PIDReportCallback(Callback):
 
     Example::
 
-        trainer = Trainer(callbacks=[PIDSchedulerCallback(), PIDReportCallback()])
+        trainer = Trainer(callbacks=[PIDSchedulerCallback(num_classes=10), PIDReportCallback()])
         trainer.fit(model, datamodule)
         # -> <default_root_dir>/pid_history.json, pid_history.csv, pid_curves.png
     """

@@ -15,7 +15,8 @@ set) and the command to upload them later (``wandb sync <dir>``) is printed.
 Example::
 
     logger = create_wandb_logger(project="pidsched")   # offline when no key / no network
-    trainer = Trainer(logger=logger, callbacks=[PIDSchedulerCallback(), PIDReportCallback()])
+    schedule = PIDSchedulerCallback(num_classes=10)
+    trainer = Trainer(logger=logger, callbacks=[schedule, PIDReportCallback()])
 """
 
 from __future__ import annotations

@@ -1,0 +1,204 @@
+"""Checks of a composed ``pidsched-train`` config, said in the command line's own terms.
+
+A config that cannot run raises :class:`ConfigError` before training starts; ``pidsched-train``
+prints its message, which names the override that fixes it (``data.views=[fou,pix]``,
+``model/fusion=concat``), without a traceback and exits with status 2. A config that runs but
+cannot do what the schedule is for (stage 2 out of reach of the epoch budget) gets a warning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from hydra.errors import InstantiationException
+
+from pidsched.data.mfeat import MFEAT_VIEWS, MFeatDataModule
+from pidsched.models.fusion import FUSIONS, build_fusion
+
+EXIT_CONFIG_ERROR = 2
+# The model/encoder option that suits each modality kind (conf/model/encoder/<option>.yaml).
+ENCODER_FOR_KIND = {"vector": "mlp", "audio": "resnet18_audio", "visual": "resnet18_visual"}
+FUSIONS_OF_ANY_COUNT = ("concat", "sum")
+
+
+class ConfigError(ValueError):
+    """A composed config that cannot run; the message names the override that fixes it."""
+
+
+@contextmanager
+def settings_of(keys: str) -> Iterator[None]:
+    """Turn a constructor's rejection of its arguments into a :class:`ConfigError`.
+
+    pidsched's constructors raise ``ValueError``/``TypeError`` naming the bad argument (Hydra
+    wraps them in ``InstantiationException``); the message adds ``keys``, the config keys the
+    arguments came from (``data.*``), so the fix is one override away. Other errors propagate.
+    """
+    try:
+        yield
+    except ConfigError:
+        raise
+    except InstantiationException as error:
+        if not isinstance(error.__cause__, (ValueError, TypeError)):
+            raise
+        raise ConfigError(rejection(keys, error.__cause__)) from None
+    except (ValueError, TypeError) as error:
+        raise ConfigError(rejection(keys, error)) from None
+
+
+def rejection(keys: str, error: Exception) -> str:
+    return (
+        f"the settings {keys} were rejected: {error} "
+        "(`pidsched-train --cfg job` prints the composed config)."
+    )
+
+
+def views_override(views: Sequence[str]) -> str:
+    """``data.views=[a,b]``: the override that selects ``views``."""
+    return f"data.views=[{','.join(views)}]"
+
+
+def two_views_like(datamodule: Any) -> str:
+    """A two-view ``data.views`` override that keeps the first chosen view.
+
+    The second view is taken from the default pair (fou, pix) first, then from the rest.
+    """
+    first = list(datamodule.modality_names)[:1]
+    candidates = ("fou", "pix", *MFEAT_VIEWS)
+    return views_override([*first, *[view for view in candidates if view not in first]][:2])
+
+
+def data_setting(datamodule: Any) -> str:
+    """How the user chose the modalities: the views override, or the data module's names."""
+    if isinstance(datamodule, MFeatDataModule):
+        return views_override(datamodule.modality_names)
+    return f"the data module's modalities {list(datamodule.modality_names)}"
+
+
+def check_modality_count(datamodule: Any) -> None:
+    """Raise unless the data gives at least two modalities (stage 1 pauses one of several)."""
+    names = list(datamodule.modality_names)
+    if len(names) >= 2:
+        return
+    fix = (
+        f"Name two or more views, e.g. {two_views_like(datamodule)}."
+        if isinstance(datamodule, MFeatDataModule)
+        else "Use a data module with two or more modalities."
+    )
+    raise ConfigError(
+        f"{data_setting(datamodule)} gives {len(names)} modality; pidsched trains two or more "
+        f"(it pauses one while the others catch up). {fix}"
+    )
+
+
+def check_fusion(model_cfg: Mapping[str, Any], datamodule: Any) -> None:
+    """Raise unless ``model.fusion`` names a fusion head that takes the data's modalities.
+
+    The head is built once on 1-wide features, so the test is the fusion module's own rule.
+    """
+    fusion = model_cfg.get("fusion")
+    if fusion is None:
+        return
+    if fusion not in FUSIONS:
+        raise ConfigError(
+            f"model.fusion={fusion} is not a fusion head; choose one of "
+            + ", ".join(f"model/fusion={name}" for name in FUSIONS)
+            + "."
+        )
+    names = list(datamodule.modality_names)
+    try:
+        build_fusion(fusion, dict.fromkeys(names, 1), int(datamodule.num_classes))
+    except ValueError:
+        choices = " or ".join(f"model/fusion={name}" for name in FUSIONS_OF_ANY_COUNT)
+        two = (
+            f", or two views, e.g. {two_views_like(datamodule)}"
+            if isinstance(datamodule, MFeatDataModule)
+            else ""
+        )
+        raise ConfigError(
+            f"model/fusion={fusion} cannot fuse the {len(names)} modalities of "
+            f"{data_setting(datamodule)}; {choices} fuse any number. Use one of them{two}."
+        ) from None
+
+
+def missing_encoder_message(missing: Mapping[str, str], encoder_cfg: Mapping[str, Any]) -> str:
+    """The error for modalities (``{name: kind}``) that no ``model.encoder`` entry covers."""
+    kinds = sorted(set(missing.values()))
+    additions = " ".join(
+        f"+model/encoder@model.encoder.{kind}={ENCODER_FOR_KIND.get(kind, '<option>')}"
+        for kind in kinds
+    )
+    described = ", ".join(f"{name!r} (kind {kind!r})" for name, kind in missing.items())
+    return (
+        f"no encoder for modality {described}; model.encoder has {sorted(encoder_cfg)}. "
+        f"Add one per kind: {additions} (options are the files of conf/model/encoder/; a "
+        f"modality name instead of the kind sets that modality alone)."
+    )
+
+
+def stage_one_budget(controller: Any) -> tuple[str, int, bool] | None:
+    """``(key, epochs, exact)`` of a controller's stage-1 epoch budget, None without stage 1.
+
+    ``exact`` is True when stage 1 always lasts that long (``FixedController``), False when it is
+    the most it may last (the PID and MI rules may end it earlier).
+    """
+    if controller.initial_stage == "joint":
+        return None
+    if hasattr(controller, "max_unimodal_epochs"):
+        return "max_unimodal_epochs", int(controller.max_unimodal_epochs), False
+    if hasattr(controller, "unimodal_epochs"):
+        return "unimodal_epochs", int(controller.unimodal_epochs), True
+    return None
+
+
+def stage_two_warning(
+    controller: Any, max_epochs: int | None, stage1_max_epochs: int | None, schedule: str
+) -> str | None:
+    """A warning when ``trainer.max_epochs`` leaves stage 2 out of reach, else None.
+
+    Args:
+        controller: the schedule's controller.
+        max_epochs: ``trainer.max_epochs`` (None or -1: unbounded).
+        stage1_max_epochs: the config's ``stage1_max_epochs``, the key the schedules read
+            their stage-1 budget from.
+        schedule: the schedule option, for the message.
+    """
+    budget = stage_one_budget(controller)
+    if budget is None or max_epochs is None or max_epochs < 0:
+        return None
+    attribute, epochs, exact = budget
+    if max_epochs > epochs:
+        return None
+    key = "stage1_max_epochs" if stage1_max_epochs == epochs else f"schedule.controller.{attribute}"
+    reach = (
+        f"schedule={schedule} trains exactly {key}={epochs} unimodal epochs, so stage 2 never "
+        "starts"
+        if exact
+        else f"schedule={schedule} may train up to {key}={epochs} unimodal epochs, so stage 2 "
+        "starts only if its rule ends stage 1 early"
+    )
+    fixes = [f"trainer.max_epochs>{epochs} (e.g. trainer.max_epochs={epochs + 1})"]
+    shorter = shorter_stage_one(controller, key, max_epochs - 1)
+    if shorter:
+        fixes.append(f"{key}<{max_epochs} (e.g. {shorter})")
+    return (
+        f"trainer.max_epochs={max_epochs} is at most the stage-1 budget: {reach}; without stage "
+        "2 the fusion head is never trained and the fused test accuracy is that of an untrained "
+        f"head. Set {', or '.join(fixes)}."
+    )
+
+
+def shorter_stage_one(controller: Any, key: str, epochs: int) -> str | None:
+    """Overrides that cap stage 1 at ``epochs`` epochs, or None where no budget that short exists.
+
+    A rule-based stage 1 needs at least one epoch and ``min_unimodal_epochs`` within the budget.
+    """
+    minimum = getattr(controller, "min_unimodal_epochs", None)
+    if minimum is None:
+        return f"{key}={epochs}" if epochs >= 0 else None
+    if epochs < 1:
+        return None
+    if minimum <= epochs:
+        return f"{key}={epochs}"
+    return f"{key}={epochs} schedule.controller.min_unimodal_epochs={epochs}"
