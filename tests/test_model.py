@@ -20,9 +20,12 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from pidsched.models import (
+    ConcatFusion,
+    FiLMFusion,
+    GatedFusion,
     MultimodalClassifier,
     MultimodalModule,
-    build_fusion,
+    SumFusion,
     check_multimodal_module,
 )
 
@@ -31,10 +34,10 @@ def _features(dims: dict[str, int], n: int = 5) -> dict[str, torch.Tensor]:
     return {name: torch.randn(n, dim) for name, dim in dims.items()}
 
 
-@pytest.mark.parametrize("kind", ["concat", "sum", "film", "gated"])
-def test_fusion_heads_accept_different_feature_widths(kind):
+@pytest.mark.parametrize("fusion", [ConcatFusion, SumFusion, FiLMFusion, GatedFusion])
+def test_fusion_heads_accept_different_feature_widths(fusion):
     dims = {"audio": 7, "video": 3}
-    head = build_fusion(kind, dims, num_classes=4)
+    head = fusion(dims, num_classes=4)
     logits = head(_features(dims))
     assert logits.shape == (5, 4)
     logits.sum().backward()
@@ -43,28 +46,35 @@ def test_fusion_heads_accept_different_feature_widths(kind):
 
 def test_film_scales_and_shifts_the_second_modality_by_the_first():
     dims = {"a": 2, "b": 3}
-    head = build_fusion("film", dims, num_classes=2)
+    head = FiLMFusion(dims, num_classes=2)
     features = _features(dims)
     gamma, beta = head.film(features["a"]).chunk(2, dim=-1)
     expected = head.linear(gamma * features["b"] + beta)
     assert torch.equal(head(features), expected)
 
 
-@pytest.mark.parametrize("kind", ["concat", "sum"])
-def test_concat_and_sum_take_any_number_of_modalities(kind):
+@pytest.mark.parametrize("fusion", [ConcatFusion, SumFusion])
+def test_concat_and_sum_take_any_number_of_modalities(fusion):
     dims = {"a": 2, "b": 3, "c": 4}
-    assert build_fusion(kind, dims, num_classes=3)(_features(dims)).shape == (5, 3)
+    assert fusion(dims, num_classes=3)(_features(dims)).shape == (5, 3)
 
 
-@pytest.mark.parametrize("kind", ["film", "gated"])
-def test_film_and_gated_refuse_three_modalities(kind):
-    with pytest.raises(ValueError, match=r"exactly two modalities.*concat"):
-        build_fusion(kind, {"a": 2, "b": 3, "c": 4}, num_classes=3)
+@pytest.mark.parametrize("fusion", [FiLMFusion, GatedFusion])
+def test_film_and_gated_refuse_three_modalities(fusion):
+    with pytest.raises(ValueError, match=r"exactly two modalities.*ConcatFusion"):
+        fusion({"a": 2, "b": 3, "c": 4}, num_classes=3)
 
 
-def test_unknown_fusion_is_refused():
-    with pytest.raises(ValueError, match="`fusion` must be one of"):
-        build_fusion("attention", {"a": 2, "b": 2}, num_classes=3)
+def test_the_fusion_module_given_is_the_one_used():
+    dims = {"a": FEATURE_DIM, "b": FEATURE_DIM}
+    fusion = SumFusion(dims, NUM_CLASSES)
+    model = make_model(fusion=fusion)
+    assert model.fusion is fusion
+    assert isinstance(make_model().fusion, ConcatFusion)  # the default
+    inputs, _ = _batch()
+    torch.testing.assert_close(model(inputs), fusion(model.modality_features(inputs)))
+    with pytest.raises(TypeError, match="`fusion` must be an nn"):
+        make_model(fusion="sum")
 
 
 def _batch(names=("a", "b"), n=8):

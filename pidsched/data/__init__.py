@@ -6,6 +6,7 @@ constructor on, reports ``modality_names``, ``modality_kinds`` (``"vector"``, ``
 each modality) and ``num_classes``.
 """
 
+from pidsched.data.arrays import ArraysDataModule, read_arrays
 from pidsched.data.audiovisual import (
     AudioVisualDataModule,
     AVEDataModule,
@@ -14,11 +15,17 @@ from pidsched.data.audiovisual import (
 )
 from pidsched.data.in_memory import InMemoryMultimodalDataModule, MultimodalTensorDataset
 from pidsched.data.mfeat import MFEAT_VIEWS, MFeatDataModule, load_mfeat
-from pidsched.data.synthetic import CompetitionTask, PIDStructureTask, SyntheticDataModule
+from pidsched.data.synthetic import (
+    CompetitionTask,
+    PIDStructureTask,
+    SyntheticDataModule,
+    SyntheticTask,
+)
 
 __all__ = [
     "MFEAT_VIEWS",
     "AVEDataModule",
+    "ArraysDataModule",
     "AudioVisualDataModule",
     "CompetitionTask",
     "CremaDDataModule",
@@ -28,5 +35,7 @@ __all__ = [
     "MultimodalTensorDataset",
     "PIDStructureTask",
     "SyntheticDataModule",
+    "SyntheticTask",
     "load_mfeat",
+    "read_arrays",
 ]
