@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from _lightning_helpers import (
     FEATURE_DIM,
     NUM_CLASSES,
+    branch_state,
     loaders,
     make_model,
     make_trainer,
@@ -25,6 +26,7 @@ from pidsched.models import (
     GatedFusion,
     MultimodalClassifier,
     MultimodalModule,
+    PausableBranchesMixin,
     SumFusion,
     check_multimodal_module,
 )
@@ -194,6 +196,78 @@ def test_bad_constructor_arguments(kwargs, error, match):
     arguments.update(kwargs)
     with pytest.raises(error, match=match):
         MultimodalClassifier(**arguments)
+
+
+@pytest.mark.parametrize(
+    ("batch", "match"),
+    [
+        (
+            ({"a": torch.randn(4, 6), "b": torch.randn(4, 6)}, torch.zeros(4), torch.zeros(4)),
+            r"pairs \(inputs, target\).*got tuple of 3 \[dict",
+        ),
+        (torch.randn(4, 6), r"keys \['a', 'b'\].*got Tensor\(4, 6\)"),
+        (
+            [[torch.randn(4, 6), torch.randn(4, 6)], torch.zeros(4)],
+            r"got \(list of 2 \[Tensor\(4, 6\), Tensor\(4, 6\)\], Tensor\(4,\)\)",
+        ),
+    ],
+    ids=["three items", "a tensor", "a list of inputs"],
+)
+def test_batch_of_another_layout_says_what_is_expected(batch, match):
+    with pytest.raises(ValueError, match=match):
+        make_model().validation_step(batch, 0)
+
+
+class _OwnModule(PausableBranchesMixin, nn.Module):
+    """A module of a user's own that pauses through the mixin (BatchNorm encoders)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.modality_names = ("a", "b")
+        self.encoders = nn.ModuleDict({m: mlp_encoder() for m in self.modality_names})
+        self.heads = nn.ModuleDict(
+            {m: nn.Linear(FEATURE_DIM, NUM_CLASSES) for m in self.modality_names}
+        )
+        self.fusion = nn.Linear(2 * FEATURE_DIM, NUM_CLASSES)
+
+    def training_loss(self, inputs, target):
+        # The fused term reads the paused branch's features too: only the mixin's no-grad
+        # forward keeps gradient (and so weight decay) away from that branch.
+        features = self.branch_features(inputs)
+        fused = self.fusion(torch.cat([features["a"], features["b"]], dim=-1))
+        return F.cross_entropy(fused, target) + sum(
+            F.cross_entropy(self.heads[m](features[m]), target) for m in self.trained_modalities()
+        )
+
+
+def _classifier_loss(model, inputs, target):
+    return model.training_step((inputs, target), 0)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+@pytest.mark.parametrize(
+    ("make", "loss"),
+    [(make_model, _classifier_loss), (_OwnModule, _OwnModule.training_loss)],
+    ids=["MultimodalClassifier", "own module with the mixin"],
+)
+def test_a_paused_branch_does_not_move_under_weight_decay(make, loss):
+    model = make()
+    model.train()
+    model.set_training_stage("joint", {"a"})  # the fused loss reads the paused branch
+    model.train()
+    frozen, trained = branch_state(model, "a"), branch_state(model, "b")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.1)
+    for _ in range(3):
+        optimizer.zero_grad(set_to_none=True)
+        loss(model, *_batch()).backward()
+        optimizer.step()
+    assert model.trained_modalities() == ["b"]
+    # Parameters and BatchNorm statistics of the paused branch are bitwise unchanged.
+    for key, value in branch_state(model, "a").items():
+        assert torch.equal(value, frozen[key]), key
+    assert any(not torch.equal(v, trained[k]) for k, v in branch_state(model, "b").items())
+    model.set_training_stage("joint", frozenset())
+    assert model.encoders["a"].training and model.trained_modalities() == ["a", "b"]
 
 
 def test_batch_missing_a_modality_says_which():
