@@ -93,11 +93,15 @@ def test_integer_labels_keep_numeric_order(tmp_path):
 def test_hdf5_reads_like_npz(tmp_path):
     h5py = pytest.importorskip("h5py")
     arrays = features(150)
+    arrays["fold"] = np.array(["train", "train", "val", "test", "train"] * 30)
     with h5py.File(tmp_path / "features.h5", "w") as file:
-        for name, value in arrays.items():
-            file[name] = value.astype("S") if value.dtype.kind == "U" else value
-    from_h5 = ArraysDataModule(tmp_path / "features.h5", views=["audio", "video"])
-    from_npz = ArraysDataModule(save(tmp_path, arrays), views=["audio", "video"])
+        for name in ("audio", "video", "text"):
+            file[name] = arrays[name]
+        # Strings as h5py writes them from Python: variable length (label) and fixed (fold).
+        file.create_dataset("label", data=arrays["label"].tolist(), dtype=h5py.string_dtype())
+        file["fold"] = arrays["fold"].astype("S")
+    from_h5 = ArraysDataModule(tmp_path / "features.h5", views=["audio", "video"], split="fold")
+    from_npz = ArraysDataModule(save(tmp_path, arrays), views=["audio", "video"], split="fold")
     from_h5.setup()
     from_npz.setup()
     assert from_h5.class_names == from_npz.class_names == ("cat", "dog", "eel")
@@ -136,6 +140,7 @@ def _broken(change):
         ),
         (_broken(lambda a: None), {"views": ["audio", "depth"]}, ValueError, r"video \(60, 4\)"),
         (_broken(lambda a: None), {"views": ["audio"]}, ValueError, "at least two"),
+        (_broken(lambda a: None), {"val_fraction": 0.01}, ValueError, r"'val': 0.*data.split"),
         (_broken(lambda a: None), {"views": ["audio", "label"]}, ValueError, "other than"),
         (_broken(lambda a: None), {"split": "fold"}, ValueError, r"`split`='fold'.*text"),
         (
@@ -187,6 +192,7 @@ def _broken(change):
         "no label array",
         "unknown view",
         "one view",
+        "empty split",
         "label as view",
         "no split array",
         "1-d view",

@@ -132,13 +132,15 @@ def _read_hdf5(path: Path) -> dict[str, np.ndarray]:
         raise ImportError(
             f"reading {str(path)!r} needs h5py: `pip install h5py`, or save the arrays as .npz."
         ) from None
+    arrays = {}
     with h5py.File(path, "r") as file:
-        arrays = {name: item[()] for name, item in file.items() if isinstance(item, h5py.Dataset)}
-    # h5py returns variable-length strings as bytes.
-    return {
-        name: value.astype(str) if value.dtype.kind in "OS" else value
-        for name, value in arrays.items()
-    }
+        for name, item in file.items():
+            if isinstance(item, h5py.Dataset):
+                # String datasets (fixed or variable length) would come back as bytes.
+                is_text = h5py.check_string_dtype(item.dtype) is not None
+                values = item.asstr()[()] if is_text else item[()]
+                arrays[name] = np.asarray(values, dtype=str if is_text else None)
+    return arrays
 
 
 def _describe(arrays: Mapping[str, np.ndarray]) -> str:
@@ -268,6 +270,13 @@ class ArraysDataModule(InMemoryMultimodalDataModule):
     ) -> dict[str, Tensor]:
         if split is None:
             parts = stratified_split(self.target, self.fractions, self.seed)
+            sizes = {name: len(part) for name, part in zip(SPLIT_NAMES, parts, strict=True)}
+            if not all(sizes.values()):
+                raise ValueError(
+                    f"the stratified split of {len(self.target)} samples into {sizes} leaves a "
+                    "split empty; raise data.val_fraction/data.test_fraction or give a split "
+                    "array (data.split)."
+                )
             return dict(zip(SPLIT_NAMES, parts, strict=True))
         values = arrays[split]
         if values.shape != (len(self.target),):
