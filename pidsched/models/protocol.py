@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
+from typing_extensions import Self
 
 __all__ = ["STAGES", "MultimodalModule", "PausableBranchesMixin", "check_multimodal_module"]
 
@@ -213,7 +214,7 @@ class PausableBranchesMixin:
         self.stage = stage
         self.train(self.training)
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> Self:
         """Like ``nn.Module.train`` but paused branches stay in ``eval()``."""
         super().train(mode)
         for name in self.paused:
