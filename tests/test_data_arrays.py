@@ -250,3 +250,13 @@ def test_pidsched_train_on_your_own_file_and_reload_the_run(tmp_path):
     for head, logits in heads.items():
         accuracy = np.mean(logits.argmax(-1).numpy() == target)
         assert summary["test_acc"][head] == pytest.approx(accuracy, abs=1e-6), head
+
+    last, _ = load_run(run_dir, checkpoint="last.ckpt")  # epoch 2, not the selected one
+    selected_epoch = torch.load(run_dir / "checkpoints" / Path(summary["checkpoint"]).name)["epoch"]
+    assert (selected_epoch == 2) == all(
+        torch.equal(p, q) for p, q in zip(last.parameters(), model.parameters(), strict=True)
+    )
+    with pytest.raises(FileNotFoundError, match=r"holds \['best-epoch=.*', 'last.ckpt'\]"):
+        load_run(run_dir, checkpoint="epoch=7.ckpt")
+    with pytest.raises(FileNotFoundError, match="pidsched-train run"):
+        load_run(tmp_path)
