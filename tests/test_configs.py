@@ -1,21 +1,22 @@
-"""Every shipped config composes and runs one fast step (``trainer.fast_dev_run``)."""
+"""Every shipped config composes, runs one fast step (``trainer.fast_dev_run``) and takes effect."""
 
 from __future__ import annotations
 
 import json
 from importlib import resources
-from pathlib import Path
 
 import pytest
 import torch
 from _audiovisual_helpers import make_ave, make_cremad, make_kinetics_sounds
+from _hydra_helpers import compose_run
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import DictConfig, open_dict
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger, WandbLogger
 
+from pidsched.cli import train as train_cli
 from pidsched.cli.train import train
+from pidsched.models.fusion import ConcatFusion, FiLMFusion, GatedFusion, SumFusion
 
 CONF = resources.files("pidsched.conf")
 EXPERIMENTS = sorted(
@@ -39,18 +40,18 @@ AUDIOVISUAL_OVERRIDES = [
 ]
 
 
-def compose_run(overrides: list[str], run_dir: Path) -> DictConfig:
-    """Compose ``config`` like ``pidsched-train`` does and register the Hydra runtime."""
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="pidsched.conf", version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.job.name = "test"
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+@pytest.fixture
+def built_models(monkeypatch):
+    """The models ``train`` builds, recorded so that a test can inspect what a config made."""
+    models = []
+
+    def recording_build_model(*args, **kwargs):
+        models.append(train_cli.build_model.__wrapped__(*args, **kwargs))
+        return models[-1]
+
+    recording_build_model.__wrapped__ = train_cli.build_model
+    monkeypatch.setattr(train_cli, "build_model", recording_build_model)
+    return models
 
 
 @pytest.fixture(autouse=True)
@@ -80,8 +81,12 @@ def test_every_experiment_runs_one_fast_step(experiment, tmp_path):
     if experiment in AUDIOVISUAL:
         root = AUDIOVISUAL[experiment](tmp_path / "data")
         overrides += [f"data.root={root}", *AUDIOVISUAL_OVERRIDES]
-    summary = train(compose_run(overrides, tmp_path / "run"), tmp_path / "run")
-    assert set(summary["test_acc"]) >= {"fused"}
+    cfg = compose_run(overrides, tmp_path / "run")
+    modalities = list(instantiate(cfg.data).modality_names)
+    summary = train(cfg, tmp_path / "run")
+    # Every head of the experiment's data is tested, accuracy and macro-F1 alike.
+    assert list(summary["test_acc"]) == [*modalities, "fused"]
+    assert list(summary["test_macro_f1"]) == [*modalities, "fused"]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["schedule"] == "pid"
 
 
@@ -98,25 +103,87 @@ def test_every_schedule_runs_one_fast_step(schedule, tmp_path):
     assert (summary["final_pid"] is not None) == measured
 
 
+# One epoch of one batch per split; unlike fast_dev_run it keeps the configured logger.
+ONE_BATCH_EPOCH = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=1",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "trainer.enable_progress_bar=false",
+]
+
+
+def _fusion_is(expected):
+    def check(model, run_dir):
+        assert type(model.fusion) is expected
+
+    return check
+
+
+def _optimizer_is(expected, stage2_lr):
+    def check(model, run_dir):
+        # One epoch stays in stage 1: the trainer holds the stage-1 optimiser.
+        assert type(model.trainer.optimizers[0]) is expected
+        assert model.hparams["stage2_optimizer"]["lr"] == stage2_lr
+
+    return check
+
+
+def _logger_wrote(expected, pattern):
+    def check(model, run_dir):
+        assert type(model.trainer.logger) is expected
+        if pattern is not None:
+            assert list(run_dir.glob(pattern)), f"no {pattern} in {sorted(run_dir.rglob('*'))}"
+
+    return check
+
+
 @pytest.mark.parametrize(
-    "overrides",
+    ("overrides", "check"),
     [
-        ["model/fusion=sum"],
-        ["model/fusion=film"],
-        ["model/fusion=gated"],
-        ["optimizer=adamw"],
-        ["optimizer=paper_sgd"],
-        ["logger=tensorboard"],
-        ["logger=wandb"],
-        ["experiment=synthetic_pid", "model/fusion=gated"],
+        (["model/fusion=sum"], _fusion_is(SumFusion)),
+        (["model/fusion=film"], _fusion_is(FiLMFusion)),
+        (["model/fusion=gated"], _fusion_is(GatedFusion)),
+        ([], _fusion_is(ConcatFusion)),
+        (["optimizer=adamw"], _optimizer_is(torch.optim.AdamW, 1e-3)),
+        (["optimizer=paper_sgd"], _optimizer_is(torch.optim.SGD, 5e-4)),
+        ([], _logger_wrote(CSVLogger, "csv/metrics.csv")),
+        (["logger=tensorboard"], _logger_wrote(TensorBoardLogger, "tensorboard/events.out.*")),
+        # WANDB_MODE=disabled writes no files; the offline files are tests/test_wandb_offline.py's.
+        (["logger=wandb"], _logger_wrote(WandbLogger, None)),
+        (["experiment=synthetic_pid", "model/fusion=gated"], _fusion_is(GatedFusion)),
     ],
-    ids=lambda o: " ".join(o),
+    ids=[
+        "fusion=sum",
+        "fusion=film",
+        "fusion=gated",
+        "fusion default",
+        "optimizer=adamw",
+        "optimizer=paper_sgd",
+        "logger default",
+        "logger=tensorboard",
+        "logger=wandb",
+        "synthetic_pid gated",
+    ],
 )
-def test_other_groups_run_one_fast_step(overrides, tmp_path, monkeypatch):
+def test_other_groups_take_effect(overrides, check, tmp_path, monkeypatch, built_models):
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    overrides = [*overrides, "trainer.fast_dev_run=true", "trainer.enable_progress_bar=false"]
-    summary = train(compose_run(overrides, tmp_path), tmp_path)
-    assert 0.0 <= summary["test_acc"]["fused"] <= 1.0
+    train(compose_run([*overrides, *ONE_BATCH_EPOCH], tmp_path), tmp_path)
+    (model,) = built_models
+    check(model, tmp_path)
+
+
+def test_a_fusion_head_is_chosen_by_its_target(tmp_path, built_models):
+    # Any class built as Head(feature_dims, num_classes) plugs in the same way.
+    overrides = [
+        "model.fusion._target_=pidsched.models.fusion.SumFusion",
+        "trainer.fast_dev_run=true",
+        "trainer.enable_progress_bar=false",
+    ]
+    train(compose_run(overrides, tmp_path), tmp_path)
+    (model,) = built_models
+    assert type(model.fusion) is SumFusion
+    assert set(model.fusion.linears) == {"fast", "slow"}  # built with the data's modalities
 
 
 def test_trainer_and_seed_keys_reach_the_run(tmp_path):

@@ -95,10 +95,41 @@ def test_pid_task_rejects_bad_arguments(arguments, match):
         PIDStructureTask(**arguments)
 
 
+class ThreeViews:
+    """A task of a user's own: three modalities of different widths, label = argmax of view a."""
+
+    modality_names = ("a", "b", "c")
+    num_classes = 3
+
+    def __init__(self, broken: bool = False) -> None:
+        self.input_shapes = {"a": (3,), "b": (5,), "c": (2,)}
+        self.broken = broken
+
+    def sample(self, num_samples, generator):
+        inputs = {
+            m: torch.randn(num_samples, shape[0], generator=generator)
+            for m, shape in self.input_shapes.items()
+        }
+        if self.broken:
+            inputs["c"] = inputs["c"][:, :1]
+        return inputs, inputs["a"].argmax(dim=1)
+
+
+def test_any_task_with_the_synthetic_task_members_is_served():
+    dm = SyntheticDataModule(ThreeViews(), num_samples=300, batch_size=16)
+    assert dm.modality_names == ("a", "b", "c") and dm.num_classes == 3
+    assert dm.input_shapes == {"a": (3,), "b": (5,), "c": (2,)}
+    inputs, target = next(iter(dm.train_dataloader()))
+    assert {m: x.shape for m, x in inputs.items()} == {"a": (16, 3), "b": (16, 5), "c": (16, 2)}
+    assert torch.equal(target, inputs["a"].argmax(dim=1))
+    with pytest.raises(ValueError, match=r"ThreeViews.sample.*'c': \(300, 1\).*'c': \(300, 2\)"):
+        SyntheticDataModule(ThreeViews(broken=True), num_samples=300).setup()
+
+
 def test_datamodule_rejects_bad_arguments():
     with pytest.raises(ValueError, match="fast_coverage"):
         CompetitionTask(fast_coverage=0.0)
-    with pytest.raises(TypeError, match="task"):
+    with pytest.raises(TypeError, match=r"task=.*input_shapes.*SyntheticTask"):
         SyntheticDataModule(task="competition")
     with pytest.raises(ValueError, match="fractions"):
         SyntheticDataModule(val_fraction=0.6, test_fraction=0.5)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from _lightning_helpers import (
     FEATURE_DIM,
     NUM_CLASSES,
+    branch_state,
     loaders,
     make_model,
     make_trainer,
@@ -20,9 +21,13 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from pidsched.models import (
+    ConcatFusion,
+    FiLMFusion,
+    GatedFusion,
     MultimodalClassifier,
     MultimodalModule,
-    build_fusion,
+    PausableBranchesMixin,
+    SumFusion,
     check_multimodal_module,
 )
 
@@ -31,10 +36,10 @@ def _features(dims: dict[str, int], n: int = 5) -> dict[str, torch.Tensor]:
     return {name: torch.randn(n, dim) for name, dim in dims.items()}
 
 
-@pytest.mark.parametrize("kind", ["concat", "sum", "film", "gated"])
-def test_fusion_heads_accept_different_feature_widths(kind):
+@pytest.mark.parametrize("fusion", [ConcatFusion, SumFusion, FiLMFusion, GatedFusion])
+def test_fusion_heads_accept_different_feature_widths(fusion):
     dims = {"audio": 7, "video": 3}
-    head = build_fusion(kind, dims, num_classes=4)
+    head = fusion(dims, num_classes=4)
     logits = head(_features(dims))
     assert logits.shape == (5, 4)
     logits.sum().backward()
@@ -43,28 +48,35 @@ def test_fusion_heads_accept_different_feature_widths(kind):
 
 def test_film_scales_and_shifts_the_second_modality_by_the_first():
     dims = {"a": 2, "b": 3}
-    head = build_fusion("film", dims, num_classes=2)
+    head = FiLMFusion(dims, num_classes=2)
     features = _features(dims)
     gamma, beta = head.film(features["a"]).chunk(2, dim=-1)
     expected = head.linear(gamma * features["b"] + beta)
     assert torch.equal(head(features), expected)
 
 
-@pytest.mark.parametrize("kind", ["concat", "sum"])
-def test_concat_and_sum_take_any_number_of_modalities(kind):
+@pytest.mark.parametrize("fusion", [ConcatFusion, SumFusion])
+def test_concat_and_sum_take_any_number_of_modalities(fusion):
     dims = {"a": 2, "b": 3, "c": 4}
-    assert build_fusion(kind, dims, num_classes=3)(_features(dims)).shape == (5, 3)
+    assert fusion(dims, num_classes=3)(_features(dims)).shape == (5, 3)
 
 
-@pytest.mark.parametrize("kind", ["film", "gated"])
-def test_film_and_gated_refuse_three_modalities(kind):
-    with pytest.raises(ValueError, match=r"exactly two modalities.*concat"):
-        build_fusion(kind, {"a": 2, "b": 3, "c": 4}, num_classes=3)
+@pytest.mark.parametrize("fusion", [FiLMFusion, GatedFusion])
+def test_film_and_gated_refuse_three_modalities(fusion):
+    with pytest.raises(ValueError, match=r"exactly two modalities.*ConcatFusion"):
+        fusion({"a": 2, "b": 3, "c": 4}, num_classes=3)
 
 
-def test_unknown_fusion_is_refused():
-    with pytest.raises(ValueError, match="`fusion` must be one of"):
-        build_fusion("attention", {"a": 2, "b": 2}, num_classes=3)
+def test_the_fusion_module_given_is_the_one_used():
+    dims = {"a": FEATURE_DIM, "b": FEATURE_DIM}
+    fusion = SumFusion(dims, NUM_CLASSES)
+    model = make_model(fusion=fusion)
+    assert model.fusion is fusion
+    assert isinstance(make_model().fusion, ConcatFusion)  # the default
+    inputs, _ = _batch()
+    torch.testing.assert_close(model(inputs), fusion(model.modality_features(inputs)))
+    with pytest.raises(TypeError, match="`fusion` must be an nn"):
+        make_model(fusion="sum")
 
 
 def _batch(names=("a", "b"), n=8):
@@ -184,6 +196,78 @@ def test_bad_constructor_arguments(kwargs, error, match):
     arguments.update(kwargs)
     with pytest.raises(error, match=match):
         MultimodalClassifier(**arguments)
+
+
+@pytest.mark.parametrize(
+    ("batch", "match"),
+    [
+        (
+            ({"a": torch.randn(4, 6), "b": torch.randn(4, 6)}, torch.zeros(4), torch.zeros(4)),
+            r"pairs \(inputs, target\).*got tuple of 3 \[dict",
+        ),
+        (torch.randn(4, 6), r"keys \['a', 'b'\].*got Tensor\(4, 6\)"),
+        (
+            [[torch.randn(4, 6), torch.randn(4, 6)], torch.zeros(4)],
+            r"got \(list of 2 \[Tensor\(4, 6\), Tensor\(4, 6\)\], Tensor\(4,\)\)",
+        ),
+    ],
+    ids=["three items", "a tensor", "a list of inputs"],
+)
+def test_batch_of_another_layout_says_what_is_expected(batch, match):
+    with pytest.raises(ValueError, match=match):
+        make_model().validation_step(batch, 0)
+
+
+class _OwnModule(PausableBranchesMixin, nn.Module):
+    """A module of a user's own that pauses through the mixin (BatchNorm encoders)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.modality_names = ("a", "b")
+        self.encoders = nn.ModuleDict({m: mlp_encoder() for m in self.modality_names})
+        self.heads = nn.ModuleDict(
+            {m: nn.Linear(FEATURE_DIM, NUM_CLASSES) for m in self.modality_names}
+        )
+        self.fusion = nn.Linear(2 * FEATURE_DIM, NUM_CLASSES)
+
+    def training_loss(self, inputs, target):
+        # The fused term reads the paused branch's features too: only the mixin's no-grad
+        # forward keeps gradient (and so weight decay) away from that branch.
+        features = self.branch_features(inputs)
+        fused = self.fusion(torch.cat([features["a"], features["b"]], dim=-1))
+        return F.cross_entropy(fused, target) + sum(
+            F.cross_entropy(self.heads[m](features[m]), target) for m in self.trained_modalities()
+        )
+
+
+def _classifier_loss(model, inputs, target):
+    return model.training_step((inputs, target), 0)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+@pytest.mark.parametrize(
+    ("make", "loss"),
+    [(make_model, _classifier_loss), (_OwnModule, _OwnModule.training_loss)],
+    ids=["MultimodalClassifier", "own module with the mixin"],
+)
+def test_a_paused_branch_does_not_move_under_weight_decay(make, loss):
+    model = make()
+    model.train()
+    model.set_training_stage("joint", {"a"})  # the fused loss reads the paused branch
+    model.train()
+    frozen, trained = branch_state(model, "a"), branch_state(model, "b")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.1)
+    for _ in range(3):
+        optimizer.zero_grad(set_to_none=True)
+        loss(model, *_batch()).backward()
+        optimizer.step()
+    assert model.trained_modalities() == ["b"]
+    # Parameters and BatchNorm statistics of the paused branch are bitwise unchanged.
+    for key, value in branch_state(model, "a").items():
+        assert torch.equal(value, frozen[key]), key
+    assert any(not torch.equal(v, trained[k]) for k, v in branch_state(model, "b").items())
+    model.set_training_stage("joint", frozenset())
+    assert model.encoders["a"].training and model.trained_modalities() == ["a", "b"]
 
 
 def test_batch_missing_a_modality_says_which():

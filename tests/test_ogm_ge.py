@@ -25,6 +25,7 @@ from pidsched.callbacks.ogm_ge import (
     modulate_gradients,
     modulation_coefficients,
 )
+from pidsched.models.fusion import ConcatFusion, FiLMFusion, SumFusion
 
 STRONG = {"a": 3.0, "b": 0.3}
 
@@ -102,7 +103,9 @@ def test_a_vanishing_score_gives_finite_ratios():
 
 @pytest.mark.parametrize("fusion", ["concat", "sum"])
 def test_contributions_sum_to_the_fused_logits(fusion):
-    model = make_model(names=("a", "b", "c"), fusion=fusion)
+    dims = dict.fromkeys(("a", "b", "c"), FEATURE_DIM)
+    head = {"concat": ConcatFusion, "sum": SumFusion}[fusion](dims, NUM_CLASSES)
+    model = make_model(names=("a", "b", "c"), fusion=head)
     features = {name: torch.randn(5, FEATURE_DIM) for name in ("a", "b", "c")}
     contributions = model.modality_contributions(features)
     assert {name: c.shape for name, c in contributions.items()} == {
@@ -118,7 +121,7 @@ def test_contributions_sum_to_the_fused_logits(fusion):
 
 
 def test_contributions_refuse_non_additive_fusion():
-    model = make_model(fusion="film")
+    model = make_model(fusion=FiLMFusion(dict.fromkeys(("a", "b"), FEATURE_DIM), NUM_CLASSES))
     features = {name: torch.randn(2, FEATURE_DIM) for name in ("a", "b")}
     with pytest.raises(TypeError, match="additive fusion head"):
         model.modality_contributions(features)

@@ -1,44 +1,18 @@
-"""Macro-F1 in ``pidsched-train``'s summary: every head, scored on the test split."""
+"""Macro-F1 of every head: computed in ``test_step``, reported in ``pidsched-train``'s summary."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from torch import Tensor, nn
+from _hydra_helpers import compose_run
+from _lightning_helpers import NUM_CLASSES, make_model, make_trainer
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-# The module, not the function: pytest would collect a `test_*` name imported into this file.
-from pidsched.cli import train as train_cli
-
-NUM_CLASSES = 4
-
-
-class LogitsAreInputs(nn.Module):
-    """A stand-in classifier whose modality logits are its inputs; fused = their sum."""
-
-    num_classes = NUM_CLASSES
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.unused = nn.Parameter(torch.zeros(1))
-
-    def modality_logits(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {"a": inputs["a"], "b": inputs["b"]}
-
-    def forward(self, inputs: dict[str, Tensor]) -> Tensor:
-        return inputs["a"] + inputs["b"]
-
-
-class OnlyTestSplit:
-    """A data module with only a test split, in batches of ``(inputs, target)``."""
-
-    def __init__(self, inputs: dict[str, Tensor], target: Tensor, batch_size: int) -> None:
-        rows = [({k: v[i] for k, v in inputs.items()}, target[i]) for i in range(len(target))]
-        self.loader = DataLoader(rows, batch_size=batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.loader
+from pidsched.cli.reload import load_run
+from pidsched.cli.train import train
+from pidsched.data import MultimodalTensorDataset
 
 
 def reference_macro_f1(predicted: np.ndarray, target: np.ndarray, num_classes: int) -> float:
@@ -53,39 +27,66 @@ def reference_macro_f1(predicted: np.ndarray, target: np.ndarray, num_classes: i
     return float(np.mean(scores))
 
 
-@pytest.mark.parametrize("batch_size", [7, 200])
-def test_macro_f1_matches_a_reference_for_every_head(batch_size):
+def _imbalanced_split(num_samples: int = 50) -> MultimodalTensorDataset:
     generator = torch.Generator().manual_seed(0)
-    target = torch.randint(0, NUM_CLASSES, (50,), generator=generator)
-    inputs = {name: torch.randn(50, NUM_CLASSES, generator=generator) for name in ("a", "b")}
-    # Head "a" is mostly right, so the heads' scores differ and a mix-up would show.
-    inputs["a"][torch.arange(40), target[:40]] += 4.0
-
-    scores = train_cli.test_macro_f1(LogitsAreInputs(), OnlyTestSplit(inputs, target, batch_size))
-
-    assert list(scores) == ["a", "b", "fused"]
-    expected = {
-        "a": inputs["a"].argmax(-1),
-        "b": inputs["b"].argmax(-1),
-        "fused": (inputs["a"] + inputs["b"]).argmax(-1),
-    }
-    for head, predicted in expected.items():
-        reference = reference_macro_f1(predicted.numpy(), target.numpy(), NUM_CLASSES)
-        assert scores[head] == pytest.approx(reference, abs=1e-6), head
-    assert scores["a"] > scores["b"]
+    # Class 0 dominates, so macro-F1 and accuracy part ways.
+    target = torch.multinomial(
+        torch.tensor([0.7, 0.2, 0.1]), num_samples, True, generator=generator
+    )
+    inputs = {name: torch.randn(num_samples, 6, generator=generator) for name in ("a", "b")}
+    inputs["a"][:, :NUM_CLASSES] += 2.0 * torch.nn.functional.one_hot(target, NUM_CLASSES)
+    return MultimodalTensorDataset(inputs, target)
 
 
-def test_macro_f1_differs_from_accuracy_under_class_imbalance():
-    # 9 of class 0 predicted right, the single class-1 sample predicted wrong:
-    # accuracy 0.9, but macro-F1 averages F1(0) = 18/19 with F1(1) = 0.
-    target = torch.tensor([0] * 9 + [1])
-    logits = torch.zeros(10, 2)
-    logits[:, 0] = 1.0
-    inputs = {"a": logits, "b": torch.zeros(10, 2)}
+@pytest.mark.parametrize("batch_size", [7, 200])
+def test_test_step_macro_f1_is_over_the_whole_split_for_every_head(batch_size):
+    split = _imbalanced_split()
+    model = make_model().eval()
+    (results,) = make_trainer(1).test(
+        model, DataLoader(split, batch_size=batch_size), verbose=False
+    )
 
-    class TwoClasses(LogitsAreInputs):
-        num_classes = 2
+    with torch.no_grad():
+        heads = dict(model.modality_logits(split.inputs), fused=model(split.inputs))
+    target = split.target.numpy()
+    for head, logits in heads.items():
+        predicted = logits.argmax(-1).numpy()
+        reference = reference_macro_f1(predicted, target, NUM_CLASSES)
+        # Batches of 7 give the same score: the metric is not a mean of batch scores.
+        assert results[f"test/macro_f1_{head}"] == pytest.approx(reference, abs=1e-6), head
+    assert results["test/macro_f1_a"] != pytest.approx(results["test/acc_a"], abs=1e-3)
 
-    scores = train_cli.test_macro_f1(TwoClasses(), OnlyTestSplit(inputs, target, 4))
 
-    assert scores["a"] == pytest.approx((18 / 19) / 2)
+def test_reference_macro_f1_differs_from_accuracy_under_class_imbalance():
+    # 9 of class 0 predicted right, the single class-1 sample wrong: accuracy 0.9, but
+    # macro-F1 averages F1(0) = 18/19 with F1(1) = 0.
+    predicted, target = np.zeros(10, dtype=int), np.array([0] * 9 + [1])
+    assert reference_macro_f1(predicted, target, 2) == pytest.approx((18 / 19) / 2)
+
+
+@pytest.mark.slow
+def test_summary_macro_f1_matches_the_selected_checkpoint(tmp_path):
+    overrides = [
+        "data.num_samples=600",
+        "data.task.num_classes=4",
+        "schedule=fixed",
+        "stage1_max_epochs=1",
+        "trainer.max_epochs=3",
+        "trainer.enable_progress_bar=false",
+    ]
+    cfg = compose_run(overrides, tmp_path)
+    summary = train(cfg, tmp_path)
+    # What pidsched-train writes before the job runs, so that load_run can rebuild the model.
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")
+
+    model, datamodule = load_run(tmp_path)  # the checkpoint named in summary.json
+    datamodule.setup()
+    test = datamodule.splits["test"]
+    with torch.no_grad():
+        heads = dict(model.modality_logits(test.inputs), fused=model(test.inputs))
+    assert list(summary["test_macro_f1"]) == list(heads) == ["fast", "slow", "fused"]
+    for head, logits in heads.items():
+        predicted = logits.argmax(-1).numpy()
+        reference = reference_macro_f1(predicted, test.target.numpy(), 4)
+        assert summary["test_macro_f1"][head] == pytest.approx(reference, abs=1e-6), head

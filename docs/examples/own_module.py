@@ -2,7 +2,10 @@
 
 The module below is not a ``pidsched.MultimodalClassifier``: it only provides what the protocol
 asks for (``modality_names``, ``encoders``, ``heads``, ``num_classes``, ``modality_logits`` and
-``set_training_stage``) and honours the stage it is given. Two views of a 4-class task: view
+``set_training_stage``) and honours the stage it is given. ``set_training_stage`` and the
+freezing of paused branches come from ``pidsched.models.PausableBranchesMixin``, the same code
+``MultimodalClassifier`` uses; the module's part is to build its losses from
+``branch_features`` and ``trained_modalities``. Two views of a 4-class task: view
 "sharp" shows the class clearly, view "faint" barely; stage 1 trains them as unimodal
 classifiers (pausing "sharp" when it runs ahead), stage 2 trains the fused model.
 
@@ -20,14 +23,20 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from pidsched import PIDController, PIDSchedulerCallback
+from pidsched.models import PausableBranchesMixin
 
 NUM_CLASSES = 4
 INPUT_DIM = 8
 FEATURE_DIM = 16
 
 
-class TwoViewClassifier(L.LightningModule):
-    """Late fusion of two MLP branches; implements ``pidsched.MultimodalModule``."""
+class TwoViewClassifier(PausableBranchesMixin, L.LightningModule):
+    """Late fusion of two MLP branches; implements ``pidsched.MultimodalModule``.
+
+    The mixin gives ``set_training_stage(stage, paused)`` (it sets ``self.stage`` and
+    ``self.paused``), keeps paused branches in ``eval()`` through ``train()`` calls, and
+    ``branch_features`` runs a paused encoder without autograd.
+    """
 
     def __init__(self, names: tuple[str, ...] = ("sharp", "faint")) -> None:
         super().__init__()
@@ -40,35 +49,18 @@ class TwoViewClassifier(L.LightningModule):
         self.heads = nn.ModuleDict({m: nn.Linear(FEATURE_DIM, NUM_CLASSES) for m in names})
         # --- our own parts ---
         self.fusion = nn.Linear(FEATURE_DIM * len(names), NUM_CLASSES)
-        self.stage = "unimodal"
-        self.paused: frozenset[str] = frozenset()
 
     def modality_logits(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        return {m: self.heads[m](self.encoders[m](inputs[m])) for m in self.modality_names}
-
-    def set_training_stage(self, stage: str, paused: frozenset[str]) -> None:
-        # The callback calls this before every epoch; the next configure_optimizers call
-        # (re-run by the callback at the switch) must build the optimiser of `stage`.
-        self.stage, self.paused = stage, frozenset(paused)
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> TwoViewClassifier:
-        # A paused branch stays in eval() (no dropout, no BatchNorm updates) while training.
-        super().train(mode)
-        for m in self.paused:
-            self.encoders[m].eval()
-            self.heads[m].eval()
-        return self
+        return {m: self.heads[m](f) for m, f in self.branch_features(inputs).items()}
 
     def training_step(self, batch: tuple[dict[str, Tensor], Tensor], batch_idx: int) -> Tensor:
         inputs, target = batch
-        features = {}
-        for m in self.modality_names:
-            # A paused branch runs without autograd, so none of its parameters moves.
-            with torch.set_grad_enabled(m not in self.paused):
-                features[m] = self.encoders[m](inputs[m])
-        trained = [m for m in self.modality_names if m not in self.paused]
-        unimodal = sum(F.cross_entropy(self.heads[m](features[m]), target) for m in trained)
+        # Paused encoders run without autograd; their heads' loss terms are left out, so no
+        # parameter of a paused branch gets a gradient and none of them moves.
+        features = self.branch_features(inputs)
+        unimodal = sum(
+            F.cross_entropy(self.heads[m](features[m]), target) for m in self.trained_modalities()
+        )
         if self.stage == "unimodal":
             loss = unimodal
         else:
@@ -86,6 +78,7 @@ class TwoViewClassifier(L.LightningModule):
         return {"modality_logits": logits}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        # The callback re-runs this at the switch: build the optimiser of the current stage.
         lr = 0.05 if self.stage == "unimodal" else 0.01
         return torch.optim.SGD(self.parameters(), lr=lr, momentum=0.9)
 

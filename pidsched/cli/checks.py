@@ -13,9 +13,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from hydra.errors import InstantiationException
+from hydra.utils import instantiate
 
 from pidsched.data.mfeat import MFEAT_VIEWS, MFeatDataModule
-from pidsched.models.fusion import FUSIONS, build_fusion
 
 EXIT_CONFIG_ERROR = 2
 # The model/encoder option that suits each modality kind (conf/model/encoder/<option>.yaml).
@@ -93,23 +93,19 @@ def check_modality_count(datamodule: Any) -> None:
 
 
 def check_fusion(model_cfg: Mapping[str, Any], datamodule: Any) -> None:
-    """Raise unless ``model.fusion`` names a fusion head that takes the data's modalities.
+    """Raise unless ``model.fusion`` (a ``_target_`` config) takes the data's modalities.
 
     The head is built once on 1-wide features, so the test is the fusion module's own rule.
     """
-    fusion = model_cfg.get("fusion")
-    if fusion is None:
+    fusion_cfg = model_cfg.get("fusion")
+    if fusion_cfg is None:
         return
-    if fusion not in FUSIONS:
-        raise ConfigError(
-            f"model.fusion={fusion} is not a fusion head; choose one of "
-            + ", ".join(f"model/fusion={name}" for name in FUSIONS)
-            + "."
-        )
     names = list(datamodule.modality_names)
     try:
-        build_fusion(fusion, dict.fromkeys(names, 1), int(datamodule.num_classes))
-    except ValueError:
+        instantiate(fusion_cfg, feature_dims=dict.fromkeys(names, 1), num_classes=2)
+    except InstantiationException as error:
+        if not isinstance(error.__cause__, ValueError):
+            raise
         choices = " or ".join(f"model/fusion={name}" for name in FUSIONS_OF_ANY_COUNT)
         two = (
             f", or two views, e.g. {two_views_like(datamodule)}"
@@ -117,9 +113,21 @@ def check_fusion(model_cfg: Mapping[str, Any], datamodule: Any) -> None:
             else ""
         )
         raise ConfigError(
-            f"model/fusion={fusion} cannot fuse the {len(names)} modalities of "
-            f"{data_setting(datamodule)}; {choices} fuse any number. Use one of them{two}."
+            f"model/fusion={fusion_option(fusion_cfg)} cannot fuse the {len(names)} modalities "
+            f"of {data_setting(datamodule)}; {choices} fuse any number. Use one of them{two}."
         ) from None
+
+
+def fusion_option(fusion_cfg: Mapping[str, Any]) -> str:
+    """The ``model/fusion`` option a fusion config came from (``film``), else its ``_target_``."""
+    target = str(fusion_cfg.get("_target_", ""))
+    shipped = {
+        "pidsched.models.fusion.ConcatFusion": "concat",
+        "pidsched.models.fusion.SumFusion": "sum",
+        "pidsched.models.fusion.FiLMFusion": "film",
+        "pidsched.models.fusion.GatedFusion": "gated",
+    }
+    return shipped.get(target, target)
 
 
 def missing_encoder_message(missing: Mapping[str, str], encoder_cfg: Mapping[str, Any]) -> str:

@@ -33,7 +33,6 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 from torch import nn
-from torchmetrics.functional.classification import multiclass_f1_score
 
 from pidsched.cli.checks import (
     EXIT_CONFIG_ERROR,
@@ -83,15 +82,28 @@ def build_encoders(encoder_cfg: Mapping[str, Any], datamodule: Any) -> dict[str,
 
 
 def build_model(model_cfg: DictConfig, datamodule: Any) -> L.LightningModule:
-    """The ``model`` config instantiated with encoders, feature dims and classes from the data."""
+    """The ``model`` config instantiated with encoders, fusion and classes from the data.
+
+    The encoders come from ``model.encoder`` (:func:`build_encoders`); the fusion head is
+    ``model.fusion`` (a ``_target_`` config) instantiated with the encoders' ``feature_dims``
+    and the data's ``num_classes``; every other key of ``model`` goes to the model's constructor.
+    """
     encoders = build_encoders(model_cfg.get("encoder", {}), datamodule)
-    model_args = OmegaConf.masked_copy(model_cfg, [k for k in model_cfg if k != "encoder"])
+    feature_dims = {name: int(encoder.output_dim) for name, encoder in encoders.items()}
+    num_classes = int(datamodule.num_classes)
+    fusion_cfg = model_cfg.get("fusion")
+    model_args = OmegaConf.masked_copy(
+        model_cfg, [k for k in model_cfg if k not in ("encoder", "fusion")]
+    )
     with settings_of("model.*"):
+        fusion = (
+            None
+            if fusion_cfg is None
+            else instantiate(fusion_cfg, feature_dims=feature_dims, num_classes=num_classes)
+        )
         make_model = instantiate(model_args, _partial_=True, _convert_="all")
         return make_model(
-            encoders=encoders,
-            feature_dims={name: int(encoder.output_dim) for name, encoder in encoders.items()},
-            num_classes=int(datamodule.num_classes),
+            encoders=encoders, feature_dims=feature_dims, num_classes=num_classes, fusion=fusion
         )
 
 
@@ -123,32 +135,16 @@ def test_accuracies(metrics: Mapping[str, float], modality_names: tuple[str, ...
     }
 
 
-def test_macro_f1(model: nn.Module, datamodule: Any) -> dict[str, float]:
-    """``{modality: macro-F1, ..., "fused": macro-F1}`` of ``model`` on the test split.
+def test_macro_f1(metrics: Mapping[str, float], modality_names: tuple[str, ...]) -> dict:
+    """``{modality: macro-F1, ..., "fused": macro-F1}`` from ``trainer.test`` metrics.
 
-    Called after ``trainer.test`` has loaded the validation-selected checkpoint into ``model``,
-    so it scores the same weights as ``test_acc``; the Lightning module logs accuracy only, and
-    macro-F1 needs every prediction at once, hence this one extra pass over the test split.
+    The model computes them in ``test_step`` (``test/macro_f1_<head>``, torchmetrics over the
+    whole test split, synced across ranks), on the same checkpoint as the accuracies.
     """
-    device = next(model.parameters()).device
-    predicted: dict[str, list[torch.Tensor]] = {}
-    targets = []
-    model.eval()
-    with torch.no_grad():
-        for inputs, target in datamodule.test_dataloader():
-            inputs = {name: value.to(device) for name, value in inputs.items()}
-            heads = dict(model.modality_logits(inputs), fused=model(inputs))
-            for head, logits in heads.items():
-                predicted.setdefault(head, []).append(logits.argmax(dim=-1).cpu())
-            targets.append(target)
-    target = torch.cat(targets)
     return {
-        head: float(
-            multiclass_f1_score(
-                torch.cat(chunks), target, num_classes=model.num_classes, average="macro"
-            )
-        )
-        for head, chunks in predicted.items()
+        head: float(metrics[f"test/macro_f1_{head}"])
+        for head in (*modality_names, "fused")
+        if f"test/macro_f1_{head}" in metrics
     }
 
 
@@ -259,7 +255,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # Tested once, on the validation-selected checkpoint (final weights if there is none).
     test_metrics = trainer.test(model, datamodule=datamodule, ckpt_path=selection.best_path)[0]
     summary["test_acc"] = test_accuracies(test_metrics, tuple(datamodule.modality_names))
-    summary["test_macro_f1"] = test_macro_f1(model, datamodule)
+    summary["test_macro_f1"] = test_macro_f1(test_metrics, tuple(datamodule.modality_names))
     if trainer.is_global_zero:
         write_history_json(history, run_dir / HISTORY_JSON_NAME)
         (run_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from pidsched._lazy import lazy_exports
 
 _EXPORTS = {
+    "pidsched.data.arrays": ("ArraysDataModule", "read_arrays"),
     "pidsched.data.audiovisual": (
         "AVEDataModule",
         "AudioVisualDataModule",
@@ -22,12 +23,18 @@ _EXPORTS = {
     ),
     "pidsched.data.in_memory": ("InMemoryMultimodalDataModule", "MultimodalTensorDataset"),
     "pidsched.data.mfeat": ("MFEAT_VIEWS", "MFeatDataModule", "load_mfeat"),
-    "pidsched.data.synthetic": ("CompetitionTask", "PIDStructureTask", "SyntheticDataModule"),
+    "pidsched.data.synthetic": (
+        "CompetitionTask",
+        "PIDStructureTask",
+        "SyntheticDataModule",
+        "SyntheticTask",
+    ),
 }
 
 __all__ = [
     "MFEAT_VIEWS",
     "AVEDataModule",
+    "ArraysDataModule",
     "AudioVisualDataModule",
     "CompetitionTask",
     "CremaDDataModule",
@@ -37,12 +44,15 @@ __all__ = [
     "MultimodalTensorDataset",
     "PIDStructureTask",
     "SyntheticDataModule",
+    "SyntheticTask",
     "load_mfeat",
+    "read_arrays",
 ]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
+    from pidsched.data.arrays import ArraysDataModule, read_arrays
     from pidsched.data.audiovisual import (
         AudioVisualDataModule,
         AVEDataModule,
@@ -51,4 +61,9 @@ if TYPE_CHECKING:
     )
     from pidsched.data.in_memory import InMemoryMultimodalDataModule, MultimodalTensorDataset
     from pidsched.data.mfeat import MFEAT_VIEWS, MFeatDataModule, load_mfeat
-    from pidsched.data.synthetic import CompetitionTask, PIDStructureTask, SyntheticDataModule
+    from pidsched.data.synthetic import (
+        CompetitionTask,
+        PIDStructureTask,
+        SyntheticDataModule,
+        SyntheticTask,
+    )

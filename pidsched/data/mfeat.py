@@ -2,7 +2,8 @@
 
 The arrays live in ``pidsched/data/mfeat.npz`` (CC BY 4.0; attribution and provenance in
 ``MFEAT_LICENSE.md`` beside it) and are checked against a SHA-256 checksum on every load. Any
-subset of the six views becomes the modalities, in the order given.
+subset of the six views becomes the modalities, in the order given; the split and the
+standardisation are those of :mod:`pidsched.data.arrays`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
+from pidsched.data.arrays import SPLIT_NAMES, standardized_splits
 from pidsched.data.in_memory import (
     InMemoryMultimodalDataModule,
     MultimodalTensorDataset,
@@ -68,25 +70,6 @@ def load_mfeat(views: Sequence[str] = tuple(MFEAT_VIEWS)) -> tuple[dict[str, Ten
     return inputs, labels
 
 
-def standardize(train: Tensor, *others: Tensor) -> list[Tensor]:
-    """Scale every tensor by the per-feature mean and std of ``train`` only.
-
-    Features that are constant on the training split keep their scale (std taken as 1), so
-    no division by zero can leak NaNs.
-
-    Args:
-        train: ``(N_train, D)`` features that define the statistics.
-        others: further ``(N_i, D)`` tensors scaled with the same statistics.
-
-    Returns:
-        ``[train, *others]`` standardised.
-    """
-    mean = train.mean(dim=0)
-    std = train.std(dim=0)
-    std = torch.where(std > 0, std, torch.ones_like(std))
-    return [(x - mean) / std for x in (train, *others)]
-
-
 class MFeatDataModule(InMemoryMultimodalDataModule):
     """UCI Multiple Features with a fixed stratified split and train-only standardisation.
 
@@ -128,12 +111,5 @@ class MFeatDataModule(InMemoryMultimodalDataModule):
     @override
     def build_splits(self) -> dict[str, MultimodalTensorDataset]:
         inputs, labels = load_mfeat(self.views)
-        train, val, test = stratified_split(labels, self.fractions, self.seed)
-        split_indices = {"train": train, "val": val, "test": test}
-        scaled = {v: standardize(x[train], x[val], x[test]) for v, x in inputs.items()}
-        return {
-            split: MultimodalTensorDataset(
-                {v: parts[i] for v, parts in scaled.items()}, labels[idx]
-            )
-            for i, (split, idx) in enumerate(split_indices.items())
-        }
+        parts = stratified_split(labels, self.fractions, self.seed)
+        return standardized_splits(inputs, labels, dict(zip(SPLIT_NAMES, parts, strict=True)))

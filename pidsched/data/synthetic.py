@@ -1,6 +1,7 @@
 """Synthetic two-modality classification tasks with known information structure.
 
-Two generators, each a small frozen dataclass, and one DataModule that serves either:
+Two generators, each a small frozen dataclass, and one DataModule that serves either (or any
+task of yours that has the members of :class:`SyntheticTask`):
 
 * :class:`PIDStructureTask` - latent bits carry **unique**, **redundant** and **synergistic**
   information about the label in chosen amounts (the RDNUNQXOR construction, generalised).
@@ -15,7 +16,9 @@ noiseless limit, so that PID estimates on trained models can be read against it.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +31,27 @@ from pidsched.data.in_memory import (
     check_split_fractions,
     stratified_split,
 )
+
+
+@runtime_checkable
+class SyntheticTask(Protocol):
+    """What :class:`SyntheticDataModule` needs from a task: names, shapes, classes, a sampler.
+
+    Attributes:
+        modality_names: the modality names, in order.
+        input_shapes: per-sample shape of each modality, ``{name: (D_m,)}`` (vector modalities).
+        num_classes: K; labels are ``0..K-1``.
+    """
+
+    modality_names: Sequence[str]
+    input_shapes: Mapping[str, tuple[int, ...]]
+    num_classes: int
+
+    def sample(
+        self, num_samples: int, generator: torch.Generator
+    ) -> tuple[dict[str, Tensor], Tensor]:
+        """``({name: (N, *input_shapes[name])}, target (N,) int64 in 0..K-1)``."""
+        ...
 
 
 def _orthonormal_columns(rows: int, cols: int, generator: torch.Generator) -> Tensor:
@@ -107,6 +131,11 @@ class PIDStructureTask:
     def bits_per_modality(self) -> int:
         """Latent bits each modality embeds: redundant + unique + synergy."""
         return self.redundant_bits + self.unique_bits + self.synergy_bits
+
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``(feature_dim,)`` for each modality."""
+        return dict.fromkeys(self.modality_names, (self.feature_dim,))
 
     @property
     def num_classes(self) -> int:
@@ -213,6 +242,11 @@ class CompetitionTask:
                 f"fast_scale={self.fast_scale} and slow_scale={self.slow_scale} must be > 0."
             )
 
+    @property
+    def input_shapes(self) -> dict[str, tuple[int, ...]]:
+        """``(feature_dim,)`` for each modality."""
+        return dict.fromkeys(self.modality_names, (self.feature_dim,))
+
     def ground_truth(self) -> dict:
         """The decomposition in bits, shaped like a probe-history record's PID fields."""
         entropy = math.log2(self.num_classes)
@@ -252,7 +286,8 @@ class SyntheticDataModule(InMemoryMultimodalDataModule):
     every DDP rank sees the same data whatever the training seed.
 
     Args:
-        task: the generator, :class:`CompetitionTask` (default) or :class:`PIDStructureTask`.
+        task: the generator: :class:`CompetitionTask` (default), :class:`PIDStructureTask` or
+            any object with the members of :class:`SyntheticTask`.
         num_samples: samples drawn in total, before the split.
         val_fraction: share of each class held out for validation (model selection, probes).
         test_fraction: share of each class held out for the final test.
@@ -269,7 +304,7 @@ class SyntheticDataModule(InMemoryMultimodalDataModule):
 
     def __init__(
         self,
-        task: PIDStructureTask | CompetitionTask | None = None,
+        task: SyntheticTask | None = None,
         num_samples: int = 6000,
         val_fraction: float = 1 / 6,
         test_fraction: float = 1 / 6,
@@ -279,9 +314,11 @@ class SyntheticDataModule(InMemoryMultimodalDataModule):
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers)
         task = CompetitionTask() if task is None else task
-        if not isinstance(task, PIDStructureTask | CompetitionTask):
+        if not isinstance(task, SyntheticTask):
             raise TypeError(
-                f"task={task!r} must be a PIDStructureTask or CompetitionTask instance."
+                f"task={task!r} must have modality_names, input_shapes, num_classes and "
+                "sample(num_samples, generator) (pidsched.data.SyntheticTask), like "
+                "CompetitionTask and PIDStructureTask."
             )
         if num_samples < 10 * task.num_classes:
             raise ValueError(
@@ -295,13 +332,32 @@ class SyntheticDataModule(InMemoryMultimodalDataModule):
         self.seed = seed
         self.modality_names = tuple(task.modality_names)
         self.modality_kinds = dict.fromkeys(self.modality_names, "vector")
-        self.input_shapes = {name: (task.feature_dim,) for name in self.modality_names}
+        self.input_shapes = {name: tuple(task.input_shapes[name]) for name in self.modality_names}
         self.num_classes = task.num_classes
+
+    def _check_sample(self, inputs: Mapping[str, Tensor], target: Tensor) -> None:
+        shapes = {name: tuple(x.shape) for name, x in inputs.items()}
+        expected = {
+            name: (self.num_samples, *self.input_shapes[name]) for name in self.modality_names
+        }
+        labels_ok = (
+            target.shape == (self.num_samples,)
+            and not target.is_floating_point()
+            and int(target.min()) >= 0
+            and int(target.max()) < self.num_classes
+        )
+        if shapes != expected or not labels_ok:
+            raise ValueError(
+                f"{type(self.task).__name__}.sample({self.num_samples}, generator) returned inputs "
+                f"shaped {shapes} and target {tuple(target.shape)} {target.dtype}; expected "
+                f"{expected} and ({self.num_samples},) integers in [0, {self.num_classes})."
+            )
 
     @override
     def build_splits(self) -> dict[str, MultimodalTensorDataset]:
         generator = torch.Generator().manual_seed(self.seed)
         inputs, target = self.task.sample(self.num_samples, generator)
+        self._check_sample(inputs, target)
         parts = stratified_split(target, self.fractions, self.seed)
         return {
             split: MultimodalTensorDataset({n: x[idx] for n, x in inputs.items()}, target[idx])

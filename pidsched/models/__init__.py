@@ -9,40 +9,33 @@ from typing import TYPE_CHECKING
 from pidsched._lazy import lazy_exports
 
 _EXPORTS = {
-    "pidsched.models.fusion": (
-        "FUSIONS",
-        "ConcatFusion",
-        "FiLMFusion",
-        "GatedFusion",
-        "SumFusion",
-        "build_fusion",
-    ),
+    "pidsched.models.fusion": ("ConcatFusion", "FiLMFusion", "GatedFusion", "SumFusion"),
     "pidsched.models.multimodal": ("MultimodalClassifier",),
-    "pidsched.models.protocol": ("MultimodalModule", "check_multimodal_module"),
+    "pidsched.models.protocol": (
+        "MultimodalModule",
+        "PausableBranchesMixin",
+        "check_multimodal_module",
+    ),
 }
 
 __all__ = [
-    "FUSIONS",
     "ConcatFusion",
     "FiLMFusion",
     "GatedFusion",
     "MultimodalClassifier",
     "MultimodalModule",
+    "PausableBranchesMixin",
     "SumFusion",
-    "build_fusion",
     "check_multimodal_module",
 ]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
-    from pidsched.models.fusion import (
-        FUSIONS,
-        ConcatFusion,
-        FiLMFusion,
-        GatedFusion,
-        SumFusion,
-        build_fusion,
-    )
+    from pidsched.models.fusion import ConcatFusion, FiLMFusion, GatedFusion, SumFusion
     from pidsched.models.multimodal import MultimodalClassifier
-    from pidsched.models.protocol import MultimodalModule, check_multimodal_module
+    from pidsched.models.protocol import (
+        MultimodalModule,
+        PausableBranchesMixin,
+        check_multimodal_module,
+    )

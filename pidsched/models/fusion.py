@@ -1,7 +1,10 @@
 """Fusion heads: per-modality features ``{name: (N, D_m)}`` -> fused class logits ``(N, K)``.
 
 The four heads of the OGM-GE lineage that the paper's code uses, with consistent dimensions
-(the released FiLM and gated heads mixed up feature and class sizes):
+(the released FiLM and gated heads mixed up feature and class sizes). Each is built as
+``Head(feature_dims, num_classes)``; ``pidsched-train`` instantiates ``model.fusion`` (a Hydra
+``_target_``, ``conf/model/fusion/``) that way, so a head of your own with the same constructor
+plugs in as ``model.fusion._target_=my_package.MyFusion``:
 
 - ``concat``: one linear layer on the concatenated features; any number of modalities.
 - ``sum``: a sum of one linear layer per modality; any number of modalities.
@@ -18,7 +21,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["FUSIONS", "ConcatFusion", "FiLMFusion", "GatedFusion", "SumFusion", "build_fusion"]
+__all__ = ["ConcatFusion", "FiLMFusion", "GatedFusion", "SumFusion"]
 
 
 class ConcatFusion(nn.Module):
@@ -62,8 +65,9 @@ def _two_names(kind: str, feature_dims: Mapping[str, int]) -> Sequence[str]:
     names = list(feature_dims)
     if len(names) != 2:
         raise ValueError(
-            f"fusion={kind!r} conditions one modality on another and is defined for exactly two "
-            f"modalities, got {len(names)} ({names}); use fusion='concat' or fusion='sum' instead."
+            f"{kind} conditions one modality on another and is defined for exactly two "
+            f"modalities, got {len(names)} ({names}); use ConcatFusion or SumFusion instead "
+            "(model/fusion=concat or sum)."
         )
     return names
 
@@ -81,7 +85,7 @@ class FiLMFusion(nn.Module):
 
     def __init__(self, feature_dims: Mapping[str, int], num_classes: int) -> None:
         super().__init__()
-        self.conditioner, self.conditioned = _two_names("film", feature_dims)
+        self.conditioner, self.conditioned = _two_names("FiLMFusion", feature_dims)
         width = feature_dims[self.conditioned]
         self.film = nn.Linear(feature_dims[self.conditioner], 2 * width)
         self.linear = nn.Linear(width, num_classes)
@@ -105,7 +109,7 @@ class GatedFusion(nn.Module):
 
     def __init__(self, feature_dims: Mapping[str, int], num_classes: int) -> None:
         super().__init__()
-        self.gate_name, self.value_name = _two_names("gated", feature_dims)
+        self.gate_name, self.value_name = _two_names("GatedFusion", feature_dims)
         width = max(feature_dims.values())
         self.gate = nn.Linear(feature_dims[self.gate_name], width)
         self.value = nn.Linear(feature_dims[self.value_name], width)
@@ -115,27 +119,3 @@ class GatedFusion(nn.Module):
         """Fuse ``{a: (N, D_a), b: (N, D_b)}`` into logits ``(N, K)``."""
         gate = torch.sigmoid(self.gate(features[self.gate_name]))
         return self.linear(gate * self.value(features[self.value_name]))
-
-
-FUSIONS: dict[str, type[nn.Module]] = {
-    "concat": ConcatFusion,
-    "sum": SumFusion,
-    "film": FiLMFusion,
-    "gated": GatedFusion,
-}
-
-
-def build_fusion(kind: str, feature_dims: Mapping[str, int], num_classes: int) -> nn.Module:
-    """Build the fusion head named ``kind`` (one of :data:`FUSIONS`).
-
-    Args:
-        kind: ``"concat"``, ``"sum"``, ``"film"`` or ``"gated"``.
-        feature_dims: ``{name: D_m}`` in modality order.
-        num_classes: K.
-
-    Raises:
-        ValueError: unknown ``kind``, or ``film``/``gated`` with other than two modalities.
-    """
-    if kind not in FUSIONS:
-        raise ValueError(f"`fusion` must be one of {sorted(FUSIONS)}, got {kind!r}.")
-    return FUSIONS[kind](feature_dims, num_classes)

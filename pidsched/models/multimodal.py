@@ -11,7 +11,13 @@ logits. The module trains in one of two stages, set from outside through
 A paused branch is in ``eval()`` (BatchNorm neither normalises with batch statistics nor updates
 its running statistics), runs without autograd and contributes no loss, so its parameters get no
 gradient at all: optimisers skip them (no momentum, no weight decay) and DDP with
-``find_unused_parameters=True`` keeps them in sync.
+``find_unused_parameters=True`` keeps them in sync. The pausing itself is
+:class:`pidsched.models.PausableBranchesMixin`, shared with users' own modules.
+
+The fusion head is a module built from the feature sizes and the number of classes, like the
+encoders (``pidsched-train`` instantiates ``model.fusion`` with ``feature_dims`` and
+``num_classes``); the test split's macro-F1 of every head comes from torchmetrics inside
+``test_step``. A trained run is reloaded with :func:`pidsched.cli.reload.load_run`.
 
 Batches are ``(inputs: dict[str, Tensor], target: Tensor)`` with integer targets ``(N,)``.
 Optimiser and scheduler settings are plain dicts (Hydra-friendly, stored in the checkpoint's
@@ -30,11 +36,12 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
+from torchmetrics.classification import MulticlassF1Score
 from typing_extensions import override
 
 from pidsched._checks import check_int_at_least
-from pidsched.models.fusion import ConcatFusion, SumFusion, build_fusion
-from pidsched.models.protocol import check_stage
+from pidsched.models.fusion import ConcatFusion, SumFusion
+from pidsched.models.protocol import PausableBranchesMixin
 
 __all__ = ["STAGE1_OPTIMIZER", "STAGE2_OPTIMIZER", "MultimodalClassifier"]
 
@@ -110,20 +117,24 @@ def build_scheduler(spec: Mapping[str, Any], optimizer: torch.optim.Optimizer) -
     return config
 
 
-class MultimodalClassifier(LightningModule):
+class MultimodalClassifier(PausableBranchesMixin, LightningModule):
     """Late-fusion classifier with per-modality branches, trained in two stages.
 
     Implements :class:`pidsched.models.MultimodalModule`. Logs, per split ``train``/``val``/
     ``test``: ``<split>/loss`` (the stage's loss; in val/test with every branch),
     ``<split>/loss_<m>``, ``<split>/acc_<m>``, ``<split>/loss_fused``, ``<split>/acc_fused``
-    (in training the fused head is evaluated in stage 2 only).
+    (in training the fused head is evaluated in stage 2 only), and ``test/macro_f1_<m>``,
+    ``test/macro_f1_fused`` (torchmetrics ``MulticlassF1Score``, macro over the classes seen).
 
     Args:
         encoders: ``{modality: nn.Module}`` mapping inputs to features ``(N, feature_dims[m])``;
             its order is the modality order.
         feature_dims: ``{modality: D_m}``, the same names as ``encoders``.
         num_classes: K >= 2.
-        fusion: ``"concat"``, ``"sum"``, ``"film"`` or ``"gated"`` (the last two: two modalities).
+        fusion: the fusion head, a module mapping ``{m: (N, D_m)}`` to logits ``(N, K)``, e.g.
+            ``SumFusion(feature_dims, num_classes)`` (:mod:`pidsched.models.fusion`); None
+            builds ``ConcatFusion(feature_dims, num_classes)``. Like the encoders it is not a
+            hyperparameter: reload a run with :func:`pidsched.cli.reload.load_run`.
         unimodal_weight: weight of each unimodal CE in the stage-2 loss (0.6 in the paper).
         stage1_optimizer: stage-1 optimiser dict; None = SGD lr 1e-2, momentum 0.9, wd 1e-4.
         stage2_optimizer: stage-2 optimiser dict; None = SGD lr 5e-4, momentum 0.9, wd 1e-4.
@@ -131,7 +142,8 @@ class MultimodalClassifier(LightningModule):
             ``{"name": "StepLR", "step_size": 70, "gamma": 0.1}``; None keeps the lr constant.
 
     Raises:
-        TypeError: ``encoders`` is not a mapping of modules, or an optimiser dict is malformed.
+        TypeError: ``encoders`` is not a mapping of modules, ``fusion`` is not a module, or an
+            optimiser dict is malformed.
         ValueError: names do not match, a size is out of range or a class name is unknown.
 
     Example::
@@ -150,7 +162,7 @@ class MultimodalClassifier(LightningModule):
         encoders: Mapping[str, nn.Module],
         feature_dims: Mapping[str, int],
         num_classes: int,
-        fusion: str = "concat",
+        fusion: nn.Module | None = None,
         unimodal_weight: float = 0.6,
         stage1_optimizer: Mapping[str, Any] | None = None,
         stage2_optimizer: Mapping[str, Any] | None = None,
@@ -168,7 +180,12 @@ class MultimodalClassifier(LightningModule):
         stage2_scheduler = _check_spec(
             "stage2_scheduler", stage2_scheduler, torch.optim.lr_scheduler
         )
-        self.save_hyperparameters(ignore=["encoders"])
+        if fusion is not None and not isinstance(fusion, nn.Module):
+            raise TypeError(
+                f"`fusion` must be an nn.Module such as ConcatFusion(feature_dims, num_classes) "
+                f"(pidsched.models.fusion), or None for concat; got {fusion!r}."
+            )
+        self.save_hyperparameters(ignore=["encoders", "fusion"])
 
         self.modality_names: tuple[str, ...] = tuple(encoders)
         self.num_classes = num_classes
@@ -177,7 +194,13 @@ class MultimodalClassifier(LightningModule):
         self.heads = nn.ModuleDict(
             {name: nn.Linear(feature_dims[name], num_classes) for name in self.modality_names}
         )
-        self.fusion = build_fusion(fusion, feature_dims, num_classes)
+        self.fusion = ConcatFusion(feature_dims, num_classes) if fusion is None else fusion
+        self.test_macro_f1 = nn.ModuleDict(
+            {
+                head: MulticlassF1Score(num_classes, average="macro")
+                for head in (*self.modality_names, "fused")
+            }
+        )
         self.stage1_optimizer = stage1_optimizer or dict(STAGE1_OPTIMIZER)
         self.stage2_optimizer = stage2_optimizer or dict(STAGE2_OPTIMIZER)
         self.stage2_scheduler = stage2_scheduler
@@ -186,22 +209,9 @@ class MultimodalClassifier(LightningModule):
 
     # --- the MultimodalModule protocol -------------------------------------------------------
 
-    def set_training_stage(self, stage: str, paused: Iterable[str] = frozenset()) -> None:
-        """Set the stage (``"unimodal"`` or ``"joint"``) and the paused branches.
-
-        Paused branches are put in ``eval()`` now and stay there through ``train()`` calls.
-        The next ``configure_optimizers`` call builds the optimiser of ``stage``.
-
-        Raises:
-            ValueError: unknown stage or names, or every branch paused in stage 1.
-        """
-        self.paused = check_stage(stage, paused, self.modality_names)
-        self.stage = stage
-        self.train(self.training)
-
     def modality_features(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Encoder features ``{m: (N, D_m)}`` for every modality."""
-        return {name: self.encoders[name](inputs[name]) for name in self.modality_names}
+        return self.branch_features(inputs)
 
     def modality_logits(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Unimodal logits ``{m: (N, K)}`` for every modality."""
@@ -227,7 +237,8 @@ class MultimodalClassifier(LightningModule):
         if not isinstance(self.fusion, ConcatFusion):
             raise TypeError(
                 f"per-modality contributions need an additive fusion head (concat or sum), got "
-                f"{type(self.fusion).__name__}; build the model with fusion='concat' or 'sum'."
+                f"{type(self.fusion).__name__}; build the model with ConcatFusion or SumFusion "
+                "(model/fusion=concat or sum)."
             )
         linear = self.fusion.linear
         widths = [self.hparams["feature_dims"][name] for name in self.fusion.names]
@@ -246,33 +257,13 @@ class MultimodalClassifier(LightningModule):
         """Fused logits ``(N, K)``."""
         return self.fusion(self.modality_features(inputs))
 
-    @override
-    def train(self, mode: bool = True) -> MultimodalClassifier:
-        """Like ``nn.Module.train`` but paused branches stay in ``eval()``."""
-        super().train(mode)
-        for name in self.paused:
-            self.encoders[name].eval()
-            self.heads[name].eval()
-        return self
-
-    def _branch_features(self, inputs: Mapping[str, Tensor], names: Iterable[str]) -> dict:
-        features = {}
-        for name in names:
-            if name in self.paused and self.training:
-                # No autograd through a paused branch: its parameters get no gradient at all.
-                with torch.no_grad():
-                    features[name] = self.encoders[name](inputs[name])
-            else:
-                features[name] = self.encoders[name](inputs[name])
-        return features
-
     def _evaluate(self, batch: Any, split: str) -> dict[str, Any]:
         inputs, target = _unpack_batch(batch, self.modality_names)
         training = split == "train"
-        trained = [name for name in self.modality_names if not (training and name in self.paused)]
+        trained = self.trained_modalities() if training else list(self.modality_names)
         # Stage-1 training needs neither the paused branches nor the fusion head.
         needs_all = not training or self.stage == "joint"
-        features = self._branch_features(inputs, self.modality_names if needs_all else trained)
+        features = self.branch_features(inputs, self.modality_names if needs_all else trained)
         logits = {name: self.heads[name](features[name]) for name in features}
         fused = self.fusion(features) if needs_all else None
 
@@ -285,7 +276,12 @@ class MultimodalClassifier(LightningModule):
             losses["fused"] = F.cross_entropy(fused, target)
         predictions = dict(logits, fused=fused) if fused is not None else logits
         self._log_split(split, loss, losses, predictions, target)
-        return {"loss": loss, "modality_logits": logits, "modality_features": features}
+        return {
+            "loss": loss,
+            "modality_logits": logits,
+            "modality_features": features,
+            "fused_logits": fused,
+        }
 
     def _log_split(
         self,
@@ -318,7 +314,16 @@ class MultimodalClassifier(LightningModule):
 
     @override
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
+        """Log the test losses and accuracies, and accumulate every head's macro-F1."""
+        outputs = self._evaluate(batch, "test")
+        target = batch[1]
+        heads = dict(outputs["modality_logits"], fused=outputs["fused_logits"])
+        for head, logits in heads.items():
+            metric = self.test_macro_f1[head]
+            metric.update(logits.argmax(dim=-1), target)
+            # Logged as a Metric object: Lightning computes it over the whole split (synced
+            # across ranks) at the end of the test epoch, not as a mean of batch scores.
+            self.log(f"test/macro_f1_{head}", metric, on_step=False, on_epoch=True)
 
     @override
     def configure_optimizers(self) -> Any:
@@ -351,10 +356,25 @@ def _check_encoders(encoders: Any, feature_dims: Any) -> None:
 
 
 def _unpack_batch(batch: Any, names: Iterable[str]) -> tuple[Mapping[str, Tensor], Tensor]:
-    """Split ``(inputs, target)`` and check that ``inputs`` holds every modality."""
-    if not isinstance(batch, (tuple, list)) or len(batch) != 2 or not isinstance(batch[0], Mapping):
-        raise ValueError("batches must be (inputs: dict[str, Tensor], target: Tensor).")
+    """Split ``(inputs, target)`` and check that ``inputs`` holds every modality.
+
+    Raises:
+        ValueError: the batch is not a pair ``(dict, target)``, or a modality is missing; the
+            message says what the batch was and which layout is expected.
+    """
+    names = list(names)
+    layout = (
+        f"batches must be pairs (inputs, target): inputs a dict {{modality: Tensor (N, ...)}} "
+        f"with keys {names}, target a Tensor (N,) of class indices"
+    )
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise ValueError(
+            f"{layout}; got {_describe_batch(batch)}. Make the dataset return "
+            "({modality: sample}, label) per sample (pidsched.data.MultimodalTensorDataset does)."
+        )
     inputs, target = batch
+    if not isinstance(inputs, Mapping) or not isinstance(target, Tensor):
+        raise ValueError(f"{layout}; got ({_describe_batch(inputs)}, {_describe_batch(target)}).")
     missing = set(names) - set(inputs)
     if missing:
         raise ValueError(
@@ -362,3 +382,16 @@ def _unpack_batch(batch: Any, names: Iterable[str]) -> tuple[Mapping[str, Tensor
             f"missing {sorted(missing)}. Build the model with the data's modality names."
         )
     return inputs, target
+
+
+def _describe_batch(value: Any) -> str:
+    """A short description of a batch (or part of one) for error messages."""
+    if isinstance(value, Tensor):
+        return f"Tensor{tuple(value.shape)}"
+    if isinstance(value, Mapping):
+        return "dict(" + ", ".join(f"{k}={_describe_batch(v)}" for k, v in value.items()) + ")"
+    if isinstance(value, (tuple, list)):
+        parts = ", ".join(_describe_batch(v) for v in value[:4])
+        more = ", ..." if len(value) > 4 else ""
+        return f"{type(value).__name__} of {len(value)} [{parts}{more}]"
+    return type(value).__name__

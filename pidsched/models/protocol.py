@@ -1,18 +1,23 @@
-"""What ``PIDSchedulerCallback`` needs from a LightningModule, and a check naming what is missing.
+"""What ``PIDSchedulerCallback`` needs from a LightningModule, a check naming what is missing,
+and :class:`PausableBranchesMixin`, the one implementation of pausing a branch.
 
-``MultimodalClassifier`` implements the protocol. Users with their own LightningModule implement
-it instead; nothing else about their module is assumed except the batch layout
+``MultimodalClassifier`` implements the protocol through the mixin. Users with their own
+LightningModule implement it too, best with the same mixin (pausing is easy to get subtly wrong:
+a branch left in ``train()`` moves its BatchNorm statistics, a detached output alone still lets
+weight decay move it); nothing else about their module is assumed except the batch layout
 ``(inputs: dict[str, Tensor], target: Tensor)`` of the validation data that the callback probes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
+import torch
 from torch import Tensor, nn
+from typing_extensions import Self
 
-__all__ = ["STAGES", "MultimodalModule", "check_multimodal_module"]
+__all__ = ["STAGES", "MultimodalModule", "PausableBranchesMixin", "check_multimodal_module"]
 
 STAGES = ("unimodal", "joint")
 
@@ -165,3 +170,73 @@ def modality_outputs(outputs: object, key: str) -> Mapping[str, Tensor] | None:
     if isinstance(outputs, Mapping) and isinstance(outputs.get(key), Mapping):
         return outputs[key]
     return None
+
+
+class PausableBranchesMixin:
+    """``set_training_stage`` and everything a paused branch needs, for any ``nn.Module``.
+
+    Put it before the LightningModule base (``class Mine(PausableBranchesMixin,
+    L.LightningModule)``); the module must have ``modality_names``, ``encoders`` and ``heads``.
+    The mixin keeps ``stage`` and ``paused`` and guarantees the protocol's freezing:
+
+    - a paused branch (``encoders[m]`` and ``heads[m]``) is in ``eval()`` and stays there
+      through ``train()`` calls, so dropout is off and BatchNorm statistics do not move;
+    - :meth:`branch_features` runs a paused encoder without autograd while training, so none
+      of its parameters gets a gradient (optimisers then skip them: no momentum, no weight
+      decay). The module's loss must also leave out the paused heads' terms, e.g. by summing
+      over :meth:`trained_modalities` only.
+
+    Example::
+
+        class TwoViews(PausableBranchesMixin, L.LightningModule):
+            def training_step(self, batch, batch_idx):
+                inputs, target = batch
+                features = self.branch_features(inputs)
+                return sum(
+                    F.cross_entropy(self.heads[m](features[m]), target)
+                    for m in self.trained_modalities()
+                )
+    """
+
+    stage: str = "unimodal"
+    paused: frozenset[str] = frozenset()
+
+    def set_training_stage(self, stage: str, paused: Iterable[str] = frozenset()) -> None:
+        """Set the stage (``"unimodal"`` or ``"joint"``) and the paused branches.
+
+        Paused branches are put in ``eval()`` now and stay there through ``train()`` calls.
+        The next ``configure_optimizers`` call should build the optimiser of ``stage``.
+
+        Raises:
+            ValueError: unknown stage or names, or every branch paused in stage 1.
+        """
+        self.paused = check_stage(stage, paused, self.modality_names)
+        self.stage = stage
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> Self:
+        """Like ``nn.Module.train`` but paused branches stay in ``eval()``."""
+        super().train(mode)
+        for name in self.paused:
+            self.encoders[name].eval()
+            self.heads[name].eval()
+        return self
+
+    def trained_modalities(self) -> list[str]:
+        """The modalities whose branches train now: all of them unless paused (in order)."""
+        return [name for name in self.modality_names if name not in self.paused]
+
+    def branch_features(
+        self, inputs: Mapping[str, Tensor], names: Iterable[str] | None = None
+    ) -> dict[str, Tensor]:
+        """Encoder features ``{m: (N, D_m)}`` for ``names`` (default: every modality).
+
+        While training, a paused encoder runs under ``torch.no_grad()``: its features are
+        constants, and its parameters get no gradient from any loss built on them.
+        """
+        features = {}
+        for name in self.modality_names if names is None else names:
+            frozen = self.training and name in self.paused
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+                features[name] = self.encoders[name](inputs[name])
+        return features
