@@ -23,12 +23,13 @@ also hold Lightning's ``interval``, ``frequency`` and ``monitor`` keys.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities.compile import to_uncompiled
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -183,6 +184,8 @@ class MultimodalClassifier(LightningModule):
         self.stage2_scheduler = stage2_scheduler
         self.stage = "unimodal"
         self.paused: frozenset[str] = frozenset()
+        # Compiled callables of the pure tensor pieces (see compile_pieces); empty = eager.
+        self._compiled: dict[tuple[str, str], Callable[..., Tensor]] = {}
 
     # --- the MultimodalModule protocol -------------------------------------------------------
 
@@ -201,12 +204,12 @@ class MultimodalClassifier(LightningModule):
 
     def modality_features(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Encoder features ``{m: (N, D_m)}`` for every modality."""
-        return {name: self.encoders[name](inputs[name]) for name in self.modality_names}
+        return {name: self._encode(name, inputs[name]) for name in self.modality_names}
 
     def modality_logits(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Unimodal logits ``{m: (N, K)}`` for every modality."""
         features = self.modality_features(inputs)
-        return {name: self.heads[name](features[name]) for name in self.modality_names}
+        return {name: self._classify(name, features[name]) for name in self.modality_names}
 
     def modality_contributions(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Each modality's additive share of the fused logits ``{m: (N, K)}``; they sum to them.
@@ -239,12 +242,61 @@ class MultimodalClassifier(LightningModule):
             )
         }
 
+    # --- torch.compile: the pure tensor pieces only --------------------------------------------
+
+    def compile_pieces(self, **compile_kwargs: Any) -> MultimodalClassifier:
+        """Compile each encoder, each unimodal head and the fusion head with ``torch.compile``.
+
+        Only these pure tensor functions are compiled; the training, validation and test steps
+        (logging, the stage and the paused set) stay Python. A piece is compiled once per
+        mode it runs in (train/eval, with/without autograd, then a dynamic batch size) and not
+        again when the stage or the paused set changes, so steady-state epochs recompile
+        nothing. Parameters, buffers and ``state_dict`` keys are those of the eager module.
+
+        ``trainer.fit(torch.compile(model))`` ends up here too: at setup the module takes the
+        compiler Lightning wrapped its steps with off the steps and puts it on these pieces.
+
+        Args:
+            compile_kwargs: ``torch.compile`` arguments, e.g. ``backend="inductor"``,
+                ``mode="max-autotune"``.
+
+        Returns:
+            ``self``.
+        """
+        self._compile_with(lambda module: torch.compile(module, **compile_kwargs))
+        return self
+
+    def _compile_with(self, compiler: Callable[[nn.Module], Callable[..., Tensor]]) -> None:
+        self._compiled = {("fusion", ""): compiler(self.fusion)}
+        for name in self.modality_names:
+            self._compiled["encoders", name] = compiler(self.encoders[name])
+            self._compiled["heads", name] = compiler(self.heads[name])
+
+    @override
+    def setup(self, stage: str) -> None:
+        # Lightning compiles the whole steps of a torch.compile'd module; with python state and
+        # self.log inside they recompile until dynamo's limit and fall back to eager. Move the
+        # compiler onto the pure pieces instead (Lightning keeps it only in _compiler_ctx).
+        context = self._compiler_ctx
+        if context is not None:
+            to_uncompiled(self)
+            self._compile_with(context["dynamo_ctx"])
+
+    def _encode(self, name: str, x: Tensor) -> Tensor:
+        return self._compiled.get(("encoders", name), self.encoders[name])(x)
+
+    def _classify(self, name: str, features: Tensor) -> Tensor:
+        return self._compiled.get(("heads", name), self.heads[name])(features)
+
+    def _fuse(self, features: Mapping[str, Tensor]) -> Tensor:
+        return self._compiled.get(("fusion", ""), self.fusion)(features)
+
     # --- forward and losses ------------------------------------------------------------------
 
     @override
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
         """Fused logits ``(N, K)``."""
-        return self.fusion(self.modality_features(inputs))
+        return self._fuse(self.modality_features(inputs))
 
     @override
     def train(self, mode: bool = True) -> MultimodalClassifier:
@@ -261,9 +313,9 @@ class MultimodalClassifier(LightningModule):
             if name in self.paused and self.training:
                 # No autograd through a paused branch: its parameters get no gradient at all.
                 with torch.no_grad():
-                    features[name] = self.encoders[name](inputs[name])
+                    features[name] = self._encode(name, inputs[name])
             else:
-                features[name] = self.encoders[name](inputs[name])
+                features[name] = self._encode(name, inputs[name])
         return features
 
     def _evaluate(self, batch: Any, split: str) -> dict[str, Any]:
@@ -273,8 +325,8 @@ class MultimodalClassifier(LightningModule):
         # Stage-1 training needs neither the paused branches nor the fusion head.
         needs_all = not training or self.stage == "joint"
         features = self._branch_features(inputs, self.modality_names if needs_all else trained)
-        logits = {name: self.heads[name](features[name]) for name in features}
-        fused = self.fusion(features) if needs_all else None
+        logits = {name: self._classify(name, features[name]) for name in features}
+        fused = self._fuse(features) if needs_all else None
 
         losses = {name: F.cross_entropy(logits[name], target) for name in logits}
         loss = sum(losses[name] for name in trained)
