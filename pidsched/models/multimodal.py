@@ -53,6 +53,8 @@ STAGE2_OPTIMIZER: dict[str, Any] = {
     "weight_decay": 1e-4,
 }
 _LIGHTNING_SCHEDULER_KEYS = ("interval", "frequency", "monitor")
+# Checkpoint entry holding the stage and paused set the module was trained with.
+_STAGE_KEY = "pidsched_training_stage"
 
 
 def _plain(value: Any) -> Any:
@@ -186,6 +188,7 @@ class MultimodalClassifier(LightningModule):
         self.paused: frozenset[str] = frozenset()
         # Compiled callables of the pure tensor pieces (see compile_pieces); empty = eager.
         self._compiled: dict[tuple[str, str], Callable[..., Tensor]] = {}
+        self._restored_stage: dict[str, Any] | None = None
 
     # --- the MultimodalModule protocol -------------------------------------------------------
 
@@ -241,6 +244,24 @@ class MultimodalClassifier(LightningModule):
                 self.fusion.names, linear.weight.split(widths, dim=1), strict=True
             )
         }
+
+    # --- the stage in checkpoints --------------------------------------------------------------
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[_STAGE_KEY] = {"stage": self.stage, "paused": sorted(self.paused)}
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._restored_stage = checkpoint.get(_STAGE_KEY)
+
+    @override
+    def on_train_start(self) -> None:
+        # A fit resumed mid-epoch skips on_train_epoch_start, where a schedule sets the stage:
+        # the rest of that epoch trains with the stage and paused set it was saved with.
+        restored, self._restored_stage = self._restored_stage, None
+        if restored is not None:
+            self.set_training_stage(restored["stage"], restored["paused"])
 
     # --- torch.compile: the pure tensor pieces only --------------------------------------------
 
@@ -318,7 +339,7 @@ class MultimodalClassifier(LightningModule):
                 features[name] = self._encode(name, inputs[name])
         return features
 
-    def _evaluate(self, batch: Any, split: str) -> dict[str, Any]:
+    def _evaluate(self, batch: Any, split: str, dataloader_idx: int = 0) -> dict[str, Any]:
         inputs, target = _unpack_batch(batch, self.modality_names)
         training = split == "train"
         trained = [name for name in self.modality_names if not (training and name in self.paused)]
@@ -336,7 +357,7 @@ class MultimodalClassifier(LightningModule):
         elif fused is not None:
             losses["fused"] = F.cross_entropy(fused, target)
         predictions = dict(logits, fused=fused) if fused is not None else logits
-        self._log_split(split, loss, losses, predictions, target)
+        self._log_split(split, loss, losses, predictions, target, dataloader_idx)
         return {"loss": loss, "modality_logits": logits, "modality_features": features}
 
     def _log_split(
@@ -346,9 +367,13 @@ class MultimodalClassifier(LightningModule):
         losses: Mapping[str, Tensor],
         predictions: Mapping[str, Tensor],
         target: Tensor,
+        dataloader_idx: int = 0,
     ) -> None:
         batch_size = target.shape[0]
         distributed = split != "train"
+        # The first dataloader keeps the plain names (the callback probes it, selection and
+        # monitors read them); Lightning suffixes the others with "/dataloader_idx_<i>".
+        suffixed = dataloader_idx != 0
         values = {f"{split}/loss_{name}": value for name, value in losses.items()}
         values.update(
             {
@@ -356,17 +381,32 @@ class MultimodalClassifier(LightningModule):
                 for name, logits in predictions.items()
             }
         )
-        self.log_dict(values, batch_size=batch_size, sync_dist=distributed)
-        self.log(f"{split}/loss", loss, batch_size=batch_size, sync_dist=distributed, prog_bar=True)
+        self.log_dict(
+            values, batch_size=batch_size, sync_dist=distributed, add_dataloader_idx=suffixed
+        )
+        self.log(
+            f"{split}/loss",
+            loss,
+            batch_size=batch_size,
+            sync_dist=distributed,
+            prog_bar=True,
+            add_dataloader_idx=suffixed,
+        )
 
     @override
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._evaluate(batch, "train")["loss"]
 
     @override
-    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
-        """Return the loss and the per-modality logits and features (reused by the callback)."""
-        return self._evaluate(batch, "val")
+    def validation_step(
+        self, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Any]:
+        """Return the loss and the per-modality logits and features (reused by the callback).
+
+        With several validation dataloaders the first one logs ``val/...`` (the one the
+        callback probes), the others ``val/.../dataloader_idx_<i>``.
+        """
+        return self._evaluate(batch, "val", dataloader_idx)
 
     @override
     def test_step(self, batch: Any, batch_idx: int) -> None:
