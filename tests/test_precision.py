@@ -136,3 +136,59 @@ def test_the_app_trains_in_bf16(tmp_path):
     assert summary["switch_epoch"] == 1 and summary["selected_epoch"] in (1, 2)
     assert summary["test_acc"]["fused"] > 0.3
     assert "precision: bf16-mixed" in (run_dir / ".hydra" / "config.yaml").read_text()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
+def test_cuda_mixed_precision_pauses_exactly(precision):
+    callback, recorder, *_ = fit_scheduled(
+        accelerator="gpu", precision=precision, deterministic=False
+    )
+    assert callback.switch_epoch == 4
+    assert_schedule_applied(recorder)
+
+
+def _gpu_check():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_fails_clearly_without_cuda(monkeypatch, capsys, tmp_path):
+    gpu_check = _gpu_check()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_check.main(["--json", str(tmp_path / "x.json")]) == gpu_check.NO_CUDA_EXIT
+    message = capsys.readouterr().err
+    assert "no CUDA device" in message and "--cpu-smoke" in message
+    assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.slow
+def test_gpu_check_cpu_smoke_runs_every_part(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    out = tmp_path / "gpu.json"
+    result = subprocess.run(
+        [sys.executable, str(script), "--cpu-smoke", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [row["batch"] for row in report["solver"]] == [1, 8]
+    assert all(row["max_error_vs_cpu_bits"] < 1e-6 for row in report["solver"])
+    assert report["metric"]["joint_dtype"] == "torch.float64"
+    assert set(report["fit"]["median_steps_per_s"]) == {"plain", "probed"}
+    assert all(rate > 0 for rate in report["fit"]["median_steps_per_s"].values())
+    assert "Probe overhead" in result.stdout and "## Solver on the device" in result.stdout
