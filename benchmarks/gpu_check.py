@@ -14,7 +14,9 @@ Runs, on the first CUDA device, in at most ~8 minutes on one GPU:
    ``(1, 257, 188)``, one 224x224 frame, 6 classes; ``trainer=gpu`` with ``bf16-mixed``)
    reporting training steps per second without and with ``PIDSchedulerCallback`` probing after
    every epoch: the probe overhead on a GPU (goal: at most 3 %). Epoch 0 is warm-up; the arms
-   alternate; steps/s counts each epoch's wall time including validation and the probe.
+   alternate; steps/s counts each epoch's wall time including validation and the probe;
+5. the same fit compiled (``trainer.fit(torch.compile(model))``, inductor) against eager: the
+   median steady-state step time and the graphs compiled after the warm-up epochs (0 expected).
 
 It prints a Markdown report and writes the numbers as JSON (``--json``, default
 ``gpu_check.json``). Without CUDA it exits with code 2 and says so; ``--cpu-smoke`` runs every
@@ -23,6 +25,7 @@ path at tiny sizes on the CPU instead (what the test suite does).
     python benchmarks/gpu_check.py                    # on a GPU machine
     python benchmarks/gpu_check.py --precision 16-mixed --json /tmp/gpu.json
     python benchmarks/gpu_check.py --cpu-smoke        # tiny, CPU, a few seconds
+    python benchmarks/gpu_check.py --compile-cpu      # only 5., on the CPU (MLP encoders)
 """
 
 from __future__ import annotations
@@ -310,6 +313,129 @@ def fit_check(device: torch.device, sizes: Sizes, precision: str) -> dict:
     }
 
 
+def _vector_loaders(batch: int):
+    """In-memory loaders of the default experiment's shape (two 32-d modalities, 8 classes)."""
+    from torch.utils.data import DataLoader
+
+    from pidsched.data.in_memory import MultimodalTensorDataset
+
+    generator = torch.Generator().manual_seed(3)
+
+    def split(n: int) -> MultimodalTensorDataset:
+        target = torch.randint(0, 8, (n,), generator=generator)
+        inputs = {
+            name: torch.randn(n, 32, generator=generator)
+            + torch.nn.functional.pad(torch.nn.functional.one_hot(target, 8).float(), (0, 24))
+            for name in ("a", "b")
+        }
+        return MultimodalTensorDataset(inputs, target)
+
+    return (
+        DataLoader(split(64 * batch), batch_size=batch, shuffle=True, drop_last=True),
+        DataLoader(split(8 * batch), batch_size=batch),
+    )
+
+
+def compile_check(device: torch.device, backend: str, model_kind: str, epochs: int) -> dict:
+    """Steady-state training step time of ``trainer.fit(torch.compile(model))`` against eager.
+
+    The same model and data are fitted eagerly and compiled (``backend``) with
+    ``PIDSchedulerCallback`` probing every epoch; a step's time is the median over steps of the
+    epochs after the first two (compilation happens in epoch 0 and its validation). Graphs
+    compiled after that (none expected) are counted too.
+    """
+    import lightning as L
+    from lightning.pytorch import Callback
+    from torch._dynamo.utils import counters
+
+    from pidsched import JointController, MultimodalClassifier, PIDSchedulerCallback
+    from pidsched.models.encoders import MLPEncoder, ResNet18Encoder
+
+    class ProbingJointController(JointController):
+        needs_measurements = True
+
+    class StepClock(Callback):
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+            self.graphs_after_warmup = 0
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 2:
+                self.graphs_after_warmup = -counters["stats"]["unique_graphs"]
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            _sync(device)
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            _sync(device)
+            if trainer.current_epoch >= 2:
+                self.seconds.append(time.perf_counter() - self.start)
+
+        def on_train_end(self, trainer, pl_module):
+            self.graphs_after_warmup += counters["stats"]["unique_graphs"]
+
+    if model_kind == "resnet":
+        loaders = fabricated_loaders(FULL, pin_memory=device.type == "cuda")
+    else:
+        loaders = _vector_loaders(batch=64)
+    results = {}
+    for arm in ("eager", "compiled"):
+        torch._dynamo.reset()
+        L.seed_everything(0, verbose=False)
+        if model_kind == "resnet":
+            encoders = {
+                "audio": ResNet18Encoder(in_channels=1, output_dim=64),
+                "visual": ResNet18Encoder(in_channels=3, output_dim=64),
+            }
+            num_classes = NUM_CLASSES
+        else:
+            encoders = {name: MLPEncoder(32, hidden_dims=(64,), output_dim=32) for name in "ab"}
+            num_classes = 8
+        dims = {name: encoder.output_dim for name, encoder in encoders.items()}
+        model = MultimodalClassifier(encoders, dims, num_classes)
+        model.set_training_stage("joint", frozenset())
+        clock = StepClock()
+        trainer = L.Trainer(
+            accelerator="gpu" if device.type == "cuda" else "cpu",
+            devices=1,
+            max_epochs=epochs,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            callbacks=[PIDSchedulerCallback(num_classes, ProbingJointController()), clock],
+        )
+        fitted = model if arm == "eager" else torch.compile(model, backend=backend)
+        trainer.fit(fitted, *loaders)
+        results[arm] = {
+            "median_step_ms": 1e3 * statistics.median(clock.seconds),
+            "steps_timed": len(clock.seconds),
+            "graphs_after_warmup": clock.graphs_after_warmup if arm == "compiled" else None,
+        }
+    results["speedup"] = results["eager"]["median_step_ms"] / results["compiled"]["median_step_ms"]
+    results["backend"], results["model"] = backend, model_kind
+    return results
+
+
+def compile_markdown(result: dict) -> str:
+    eager, compiled = result["eager"], result["compiled"]
+    return "\n".join(
+        [
+            f"## torch.compile ({result['backend']}, {result['model']} encoders)",
+            "",
+            "| arm | median step (ms) | steps timed | graphs compiled after warm-up |",
+            "|---|---|---|---|",
+            f"| eager | {eager['median_step_ms']:.2f} | {eager['steps_timed']} | - |",
+            f"| compiled | {compiled['median_step_ms']:.2f} | {compiled['steps_timed']} | "
+            f"{compiled['graphs_after_warmup']} |",
+            "",
+            f"Compiled / eager speed-up: x{result['speedup']:.2f}.",
+        ]
+    )
+
+
 def markdown(report: dict) -> str:
     lines = [f"# pidsched GPU check ({report['device_name']})", ""]
     lines += [f"torch {report['torch']}, CUDA {report['cuda']}, {report['mode']}", ""]
@@ -355,6 +481,8 @@ def markdown(report: dict) -> str:
         "",
         f"Probe overhead: {fit['probe_overhead_percent']:.1f} % (goal: at most 3 %).",
         "",
+        compile_markdown(report["compile"]),
+        "",
         f"Total: {report['seconds']:.0f} s.",
     ]
     return "\n".join(lines)
@@ -365,7 +493,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU")
     parser.add_argument("--precision", default="bf16-mixed", help="bf16-mixed or 16-mixed")
     parser.add_argument("--json", type=Path, default=Path("gpu_check.json"))
+    parser.add_argument(
+        "--compile-cpu",
+        action="store_true",
+        help="only the torch.compile comparison, on the CPU with inductor and MLP encoders",
+    )
     args = parser.parse_args(argv)
+    if args.compile_cpu:
+        torch.set_num_threads(1)
+        result = compile_check(torch.device("cpu"), "inductor", "mlp", epochs=6)
+        print(compile_markdown(result))
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        return 0
     if args.cpu_smoke:
         device, sizes, mode = torch.device("cpu"), SMOKE, "--cpu-smoke (tiny sizes, CPU)"
         precision = "bf16-mixed"
@@ -395,6 +534,11 @@ def main(argv: list[str] | None = None) -> int:
         "solver": solver_column(device, sizes),
         "metric": metric_check(device, sizes),
         "fit": fit_check(device, sizes, precision),
+        "compile": (
+            compile_check(device, "eager", "mlp", epochs=3)
+            if args.cpu_smoke
+            else compile_check(device, "inductor", "resnet", epochs=4)
+        ),
     }
     report["seconds"] = time.perf_counter() - start
     print(markdown(report))
