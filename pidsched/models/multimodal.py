@@ -13,6 +13,11 @@ its running statistics), runs without autograd and contributes no loss, so its p
 gradient at all: optimisers skip them (no momentum, no weight decay) and DDP with
 ``find_unused_parameters=True`` keeps them in sync.
 
+The stage and paused set are saved in the module's checkpoints, so a fit resumed mid-epoch
+trains the rest of that epoch as it was. ``trainer.fit(torch.compile(model))`` (or
+:meth:`MultimodalClassifier.compile_pieces`) compiles only the pure tensor pieces - encoders,
+heads, fusion head - and keeps the steps, their logging and the stage state in Python.
+
 Batches are ``(inputs: dict[str, Tensor], target: Tensor)`` with integer targets ``(N,)``.
 Optimiser and scheduler settings are plain dicts (Hydra-friendly, stored in the checkpoint's
 hyperparameters): ``{"name": "SGD", "lr": 0.01, ...}`` where ``name`` is a class in
