@@ -168,3 +168,121 @@ def test_real_training_step_on_fabricated_tree(cremad_root, tmp_path):
     )
     metrics = trainer.test(model, dm, verbose=False)[0]
     assert 0.0 <= metrics["test/acc_fused"] <= 1.0
+
+
+# --- the loader base, the spectrogram cache and the input benchmark ---------------------------
+
+
+def test_one_loader_base_for_file_and_in_memory_data(cremad_root):
+    from pidsched.data import SyntheticDataModule
+    from pidsched.data.in_memory import EpochShuffleSampler, MultimodalDataModule
+
+    cremad = CremaDDataModule(cremad_root, batch_size=4)
+    synthetic = SyntheticDataModule(num_samples=240, batch_size=4)
+    for data in (cremad, synthetic):
+        assert isinstance(data, MultimodalDataModule)
+        train, val = data.train_dataloader(), data.val_dataloader()
+        assert isinstance(train.sampler, EpochShuffleSampler)
+        assert not isinstance(val.sampler, EpochShuffleSampler)
+        assert not train.pin_memory  # no trainer on a CUDA device: nothing to pin for
+    assert CremaDDataModule(cremad_root, pin_memory=True).train_dataloader().pin_memory
+    with pytest.raises(TypeError, match="pin_memory"):
+        CremaDDataModule(cremad_root, pin_memory="yes")
+
+
+def test_the_training_order_depends_only_on_seed_and_epoch():
+    from pidsched.data.in_memory import EpochShuffleSampler
+
+    data = list(range(50))
+    sampler, again = EpochShuffleSampler(data, seed=3), EpochShuffleSampler(data, seed=3)
+    orders = []
+    for epoch in (0, 1, 2):
+        sampler.set_epoch(epoch)
+        orders.append(list(sampler))
+    again.set_epoch(2)  # a resumed fit jumps straight to its epoch
+    assert list(again) == orders[2]
+    assert orders[0] != orders[1] and sorted(orders[0]) == data
+    other = EpochShuffleSampler(data, seed=4)
+    assert list(other) != orders[0]
+
+
+class _CountingSpectrogram:
+    def __init__(self, monkeypatch):
+        import pidsched.data.audiovisual as audiovisual
+
+        self.calls = 0
+        original = audiovisual.log_spectrogram
+
+        def counted(*args):
+            self.calls += 1
+            return original(*args)
+
+        monkeypatch.setattr(audiovisual, "log_spectrogram", counted)
+
+
+def test_the_spectrogram_cache_computes_once_and_is_exact(cremad_root, tmp_path, monkeypatch):
+    counter = _CountingSpectrogram(monkeypatch)
+    cache_dir = tmp_path / "cache"
+    plain = CremaDDataModule(cremad_root).split_dataset("val")
+    cached = CremaDDataModule(cremad_root, cache_dir=cache_dir).split_dataset("val")
+    expected = [plain[i][0]["audio"] for i in range(len(plain))]
+    counter.calls = 0
+    for _epoch in range(3):
+        for i in range(len(cached)):
+            assert torch.equal(cached[i][0]["audio"], expected[i])
+    assert counter.calls == len(cached)  # the first epoch only
+    (folder,) = cache_dir.glob("spectrogram-*")
+    assert len(list(folder.glob("*.npy"))) == len(cached)
+
+
+def test_the_cache_is_invalidated_by_settings_and_by_a_changed_wav(
+    cremad_root, tmp_path, monkeypatch
+):
+    import pidsched.data.audiovisual as audiovisual
+
+    root = tmp_path / "cremad"
+    shutil.copytree(cremad_root, root)
+    cache_dir = tmp_path / "cache"
+    counter = _CountingSpectrogram(monkeypatch)
+    dataset = CremaDDataModule(root, cache_dir=cache_dir).split_dataset("test")
+    first = dataset[0][0]["audio"]
+    dataset[0]
+    assert counter.calls == 1
+
+    monkeypatch.setattr(audiovisual, "HOP_LENGTH", 2 * audiovisual.HOP_LENGTH)
+    changed = CremaDDataModule(root, cache_dir=cache_dir).split_dataset("test")
+    assert changed[0][0]["audio"].shape[-1] < first.shape[-1]  # recomputed, new settings
+    assert counter.calls == 2 and len(list(cache_dir.glob("spectrogram-*"))) == 2
+    monkeypatch.undo()
+
+    counter = _CountingSpectrogram(monkeypatch)
+    wav = root / "AudioWAV" / f"{dataset.clips[0].clip_id}.wav"
+    write_wav(wav, np.zeros(4000))
+    silent = CremaDDataModule(root, cache_dir=cache_dir).split_dataset("test")[0][0]["audio"]
+    assert counter.calls == 1 and not torch.equal(silent, first)
+
+
+@pytest.mark.slow
+def test_the_input_benchmark_runs(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "audiovisual_input.py"
+    out = tmp_path / "result.json"
+    subprocess.run(
+        [sys.executable, str(script), "--quick", "--json", str(out)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    result = json.loads(out.read_text())
+    assert set(result["samples_per_s_per_worker"]) == {
+        "audio",
+        "audio, cached",
+        "frames",
+        "sample",
+        "sample, cached",
+    }
+    assert all(rate > 0 for rate in result["samples_per_s_per_worker"].values())

@@ -41,6 +41,10 @@ Choices, where the released code leaves room or where we differ from it, and why
 - A tie (``rho = 1``) modulates nobody; the released code then modulated the audio encoder.
 - More than two modalities (our generalisation): each modality is compared with the mean score
   of the others, and every modality with ``rho_m > 1`` is modulated.
+- Mixed precision: the scores come from the contributions computed in the step's autocast
+  region (softmax in float32), and the gradients are modulated in ``on_before_optimizer_step``,
+  after a gradient scaler (``precision="16-mixed"``) has unscaled them, so ``std(g)`` and the
+  noise are those of the true gradient, not of the scaled one.
 - Scores are summed over the micro-batches of an accumulated step and over DDP ranks, and the
   noise comes from a generator seeded by ``(seed, global_step)``, so every rank applies the same
   coefficients and the same noise to its (already all-reduced) gradients and the replicas stay
@@ -234,7 +238,9 @@ class OGMGECallback(Callback):
     def on_after_backward(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.in_window(trainer.current_epoch) or set(self._features) != set(self._names):
             return
-        with torch.no_grad():
+        # The features come from the step's autocast region (bf16/fp16 under mixed precision):
+        # the contributions are computed in that same region, as the fused head computed them.
+        with torch.no_grad(), trainer.precision_plugin.forward_context():
             contributions = pl_module.modality_contributions(self._features)
             scores = torch.stack(
                 [true_class_score(contributions[name], self._target) for name in self._names]

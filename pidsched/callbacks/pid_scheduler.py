@@ -29,6 +29,7 @@ from torchmetrics import Metric
 from typing_extensions import override
 
 from pidsched._checks import check_int_at_least, check_tolerance_bits
+from pidsched.callbacks.trainer_checks import check_trainer_features
 from pidsched.controllers import STAGE_JOINT, STAGE_UNIMODAL, Controller, Decision, PIDController
 from pidsched.metrics.fastpid import FastPID
 from pidsched.models.protocol import check_multimodal_module, modality_outputs
@@ -195,6 +196,7 @@ class PIDSchedulerCallback(Callback):
             require_features=self.probe_inputs == "features",
         )
         _check_strategy(trainer)
+        check_trainer_features(trainer, pl_module.modality_names, self._stage == STAGE_UNIMODAL)
         if self.controller.needs_measurements:
             _check_validation(trainer, pl_module, self.probe_every_n_epochs)
             self._names = tuple(pl_module.modality_names)

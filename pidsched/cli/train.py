@@ -12,6 +12,12 @@ Examples::
     pidsched-train
     pidsched-train experiment=mfeat schedule=joint trainer.max_epochs=20 seed=1
     pidsched-train -m schedule=pid,joint seed=0,1,2
+    pidsched-train trainer.max_epochs=300 resume=outputs/2026-01-01/10-00-00   # continue a run
+
+A resumed run (``resume=<run dir>``, or ``ckpt_path=<run dir>/checkpoints/last.ckpt``) takes
+the same overrides as the run it continues (``trainer.max_epochs`` may grow): it fits on from
+``last.ckpt`` (written at the end of every epoch) in the same run directory, and the schedule,
+history, selected checkpoint and summary are those the uninterrupted run would have written.
 """
 
 from __future__ import annotations
@@ -48,6 +54,69 @@ from pidsched.viz.history import HISTORY_JSON_NAME, RunHistory, write_history_js
 
 SUMMARY_NAME = "summary.json"
 CHECKPOINT_DIRNAME = "checkpoints"
+LAST_CHECKPOINT_NAME = "last.ckpt"
+
+
+def resumed_run_dir(resume: str | None, ckpt_path: str | None, fresh: str) -> str:
+    """The run directory: ``resume``, the run directory of ``ckpt_path``, else ``fresh``.
+
+    ``ckpt_path`` names its run directory when it lies in ``<run dir>/checkpoints/``; another
+    checkpoint file resumes into the ``fresh`` directory. Hydra resolves ``hydra.run.dir`` with
+    this (resolver ``pidsched_run_dir``), so the logger, ``.hydra/`` and the summary of a
+    resumed run land beside the first run's files.
+    """
+    if resume:
+        return str(resume)
+    if ckpt_path and Path(ckpt_path).parent.name == CHECKPOINT_DIRNAME:
+        return str(Path(ckpt_path).parent.parent)
+    return fresh
+
+
+OmegaConf.register_new_resolver("pidsched_run_dir", resumed_run_dir, replace=True)
+
+
+def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
+    """The checkpoint a run resumes from (``resume`` or ``ckpt_path``), None for a new run.
+
+    Raises:
+        ValueError: both ``resume`` and ``ckpt_path`` are set.
+        FileNotFoundError: the checkpoint does not exist.
+    """
+    resume, ckpt_path = cfg.get("resume"), cfg.get("ckpt_path")
+    if resume and ckpt_path:
+        raise ValueError(
+            f"give either resume=<run dir> or ckpt_path=<checkpoint file>, not both (got "
+            f"resume={resume} and ckpt_path={ckpt_path})."
+        )
+    if not resume and not ckpt_path:
+        return None
+    path = Path(ckpt_path) if ckpt_path else run_dir / CHECKPOINT_DIRNAME / LAST_CHECKPOINT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"cannot resume: {path} does not exist. resume=<run dir> needs "
+            f"<run dir>/{CHECKPOINT_DIRNAME}/{LAST_CHECKPOINT_NAME}, written after every epoch "
+            "of a pidsched-train run; ckpt_path= takes any Lightning checkpoint file."
+        )
+    return str(path)
+
+
+def compile_arguments(value: Any) -> dict[str, Any] | None:
+    """``torch.compile`` keyword arguments from the ``compile`` key (false, true or a dict).
+
+    Raises:
+        TypeError: ``compile`` is neither a bool nor a mapping.
+    """
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {}
+    if isinstance(value, Mapping):
+        return {str(key): item for key, item in value.items()}
+    raise TypeError(
+        f"`compile` must be true, false or torch.compile arguments such as "
+        f"compile={{backend:inductor,mode:max-autotune}}; got {value!r}."
+    )
+
 
 log = logging.getLogger("pidsched-train")
 
@@ -202,6 +271,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         torch.set_num_threads(int(cfg.cpu_threads))
     L.seed_everything(cfg.seed, workers=True)
 
+    ckpt_path = resume_checkpoint(cfg, run_dir)
+    compile_kwargs = compile_arguments(cfg.get("compile"))
     with settings_of("data.*"):
         datamodule = instantiate(cfg.data)
     check_modality_count(datamodule)
@@ -220,7 +291,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         warn(warning)
     checkpoint_dir = run_dir / CHECKPOINT_DIRNAME
     selection = JointStageCheckpoint(checkpoint_dir, scheduler, **cfg.selection)
-    last = ModelCheckpoint(dirpath=checkpoint_dir, save_last=True, save_top_k=0)
+    # Saved after the schedule's epoch-end decision, so a resumed fit starts from it.
+    last = ModelCheckpoint(
+        dirpath=checkpoint_dir, save_last=True, save_top_k=0, save_on_train_epoch_end=True
+    )
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
@@ -231,7 +305,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if logger:
         trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    trainer.fit(model, datamodule=datamodule)
+    # Lightning's way to compile; the module then compiles only its pure tensor pieces.
+    fitted = model if compile_kwargs is None else torch.compile(model, **compile_kwargs)
+    trainer.fit(fitted, datamodule=datamodule, ckpt_path=ckpt_path)
     # trainer.test restores the selected checkpoint, callback states included, so everything
     # the summary reports about the fit is read before it.
     final_epoch = max(trainer.current_epoch - 1, 0)

@@ -21,7 +21,11 @@ _EXPORTS = {
         "CremaDDataModule",
         "KineticsSoundsDataModule",
     ),
-    "pidsched.data.in_memory": ("InMemoryMultimodalDataModule", "MultimodalTensorDataset"),
+    "pidsched.data.in_memory": (
+        "InMemoryMultimodalDataModule",
+        "MultimodalDataModule",
+        "MultimodalTensorDataset",
+    ),
     "pidsched.data.mfeat": ("MFEAT_VIEWS", "MFeatDataModule", "load_mfeat"),
     "pidsched.data.synthetic": (
         "CompetitionTask",
@@ -41,6 +45,7 @@ __all__ = [
     "InMemoryMultimodalDataModule",
     "KineticsSoundsDataModule",
     "MFeatDataModule",
+    "MultimodalDataModule",
     "MultimodalTensorDataset",
     "PIDStructureTask",
     "SyntheticDataModule",
@@ -59,7 +64,11 @@ if TYPE_CHECKING:
         CremaDDataModule,
         KineticsSoundsDataModule,
     )
-    from pidsched.data.in_memory import InMemoryMultimodalDataModule, MultimodalTensorDataset
+    from pidsched.data.in_memory import (
+        InMemoryMultimodalDataModule,
+        MultimodalDataModule,
+        MultimodalTensorDataset,
+    )
     from pidsched.data.mfeat import MFEAT_VIEWS, MFeatDataModule, load_mfeat
     from pidsched.data.synthetic import (
         CompetitionTask,

@@ -10,6 +10,11 @@ The pipeline of the OGM-GE lineage (METHOD.md section 5):
   subset for training, evenly spaced otherwise); training: ``RandomResizedCrop`` and a
   horizontal flip, evaluation: ``Resize``; ImageNet mean/std. Shape ``(T, 3, S, S)``.
 
+Spectrograms do not change between epochs: with ``cache_dir`` each clip's spectrogram is
+computed once and read back afterwards (one ``.npy`` per clip, in a folder named after the
+preprocessing settings, so changing them starts a new cache; a changed wav file gets a new
+entry too). The frames are augmented per epoch and always read from the jpg files.
+
 Each data set is read from one directory (``root``) holding an audio folder, a frame folder
 and split files; the expected names are class attributes, given in each class docstring and
 in the error raised when something is missing. Where a data set has no validation split,
@@ -19,7 +24,10 @@ validation is carved from its training split, stratified, with a fixed seed.
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import math
+import os
 import wave
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -27,17 +35,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-import lightning as L
 import numpy as np
 import torch
 from PIL import Image
 from scipy.signal import resample_poly
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import transforms
 from typing_extensions import override
 
-from pidsched.data.in_memory import check_split_fractions, stratified_split
+from pidsched.data.in_memory import MultimodalDataModule, check_split_fractions, stratified_split
 
 SAMPLE_RATE = 22_050  # Hz
 CLIP_SECONDS = 3
@@ -46,7 +53,10 @@ HOP_LENGTH = 353
 SPECTROGRAM_SHAPE = (1, N_FFT // 2 + 1, 1 + SAMPLE_RATE * CLIP_SECONDS // HOP_LENGTH)  # 257 x 188
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+LOG_FLOOR = 1e-7
 _FRAME_SUFFIXES = (".jpg", ".jpeg")
+# Bump when log_spectrogram changes in a way its settings below do not capture.
+_SPECTROGRAM_VERSION = 1
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
@@ -103,7 +113,51 @@ def log_spectrogram(samples: np.ndarray, rate: int) -> Tensor:
         pad_mode="constant",
         return_complex=True,
     )
-    return torch.log(stft.abs() + 1e-7).unsqueeze(0)
+    return torch.log(stft.abs() + LOG_FLOOR).unsqueeze(0)
+
+
+def spectrogram_settings() -> dict[str, float]:
+    """The preprocessing settings a cached spectrogram depends on (read when called)."""
+    return {
+        "version": _SPECTROGRAM_VERSION,
+        "sample_rate": SAMPLE_RATE,
+        "clip_seconds": CLIP_SECONDS,
+        "n_fft": N_FFT,
+        "hop_length": HOP_LENGTH,
+        "log_floor": LOG_FLOOR,
+    }
+
+
+class SpectrogramCache:
+    """Log spectrograms on disk: computed on first use, read back on every later one.
+
+    Entries live in ``<cache_dir>/spectrogram-<hash of the settings>/`` as
+    ``<clip_id>-<wav size>-<wav mtime ns>.npy`` (float32 ``(1, 257, 188)``), so a change of the
+    preprocessing settings or of the wav file misses the old entries instead of reading them.
+    Writes go to a temporary file renamed into place, so dataloader workers can share it.
+
+    Args:
+        cache_dir: the cache's root folder (created when missing).
+    """
+
+    def __init__(self, cache_dir: str | Path) -> None:
+        settings = json.dumps(spectrogram_settings(), sort_keys=True)
+        digest = hashlib.sha1(settings.encode()).hexdigest()[:12]
+        self.folder = Path(cache_dir).expanduser() / f"spectrogram-{digest}"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "settings.json").write_text(settings + "\n")
+
+    def spectrogram(self, wav_path: Path) -> Tensor:
+        """The log spectrogram ``(1, 257, 188)`` of ``wav_path``, from the cache when present."""
+        status = wav_path.stat()
+        entry = self.folder / f"{wav_path.stem}-{status.st_size}-{status.st_mtime_ns}.npy"
+        if entry.is_file():
+            return torch.from_numpy(np.load(entry))
+        spectrogram = log_spectrogram(*read_wav(wav_path))
+        partial = entry.with_name(f"{entry.stem}.{os.getpid()}.tmp.npy")
+        np.save(partial, spectrogram.numpy())
+        partial.replace(entry)
+        return spectrogram
 
 
 def frame_transform(train: bool, image_size: int = 224) -> transforms.Compose:
@@ -146,6 +200,7 @@ class AudioVisualClipDataset(Dataset):
         num_frames: frames per sample ``T``.
         train: use training augmentation and random frame choice.
         image_size: side ``S`` of the square frames.
+        cache_dir: a :class:`SpectrogramCache` folder; None computes every spectrogram anew.
     """
 
     def __init__(
@@ -156,6 +211,7 @@ class AudioVisualClipDataset(Dataset):
         num_frames: int,
         train: bool,
         image_size: int = 224,
+        cache_dir: str | Path | None = None,
     ) -> None:
         self.clips = list(clips)
         self.audio_dir = audio_dir
@@ -163,13 +219,18 @@ class AudioVisualClipDataset(Dataset):
         self.num_frames = num_frames
         self.train = train
         self.transform = frame_transform(train, image_size)
+        self.cache = None if cache_dir is None else SpectrogramCache(cache_dir)
 
     def __len__(self) -> int:
         return len(self.clips)
 
     def __getitem__(self, index: int) -> tuple[dict[str, Tensor], Tensor]:
         clip = self.clips[index]
-        audio = log_spectrogram(*read_wav(self.audio_dir / f"{clip.clip_id}.wav"))
+        wav_path = self.audio_dir / f"{clip.clip_id}.wav"
+        if self.cache is None:
+            audio = log_spectrogram(*read_wav(wav_path))
+        else:
+            audio = self.cache.spectrogram(wav_path)
         frame_paths = _frame_files(self.visual_dir / clip.clip_id)
         chosen = select_frames(len(frame_paths), self.num_frames, self.train)
         frames = []
@@ -183,7 +244,7 @@ def _frame_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in _FRAME_SUFFIXES)
 
 
-class AudioVisualDataModule(L.LightningDataModule, ABC):
+class AudioVisualDataModule(MultimodalDataModule, ABC):
     """Shared logic of the audio-visual DataModules; subclasses name files and parse splits.
 
     Subclasses set ``audio_dirname``, ``visual_dirname`` and ``split_files`` (split name ->
@@ -199,7 +260,10 @@ class AudioVisualDataModule(L.LightningDataModule, ABC):
         seed: seed of that carving.
         image_size: side of the square frames (224 in the lineage).
         batch_size: clips per batch.
-        num_workers: dataloader worker processes.
+        num_workers: dataloader worker processes (persistent across epochs).
+        pin_memory: page-locked batches; None pins exactly when training on a CUDA device.
+        cache_dir: folder of the spectrogram cache (computed once, reused every epoch); None
+            recomputes every spectrogram every time.
 
     Raises:
         FileNotFoundError: when ``root`` lacks a folder, split file, wav file or frame folder;
@@ -221,13 +285,14 @@ class AudioVisualDataModule(L.LightningDataModule, ABC):
         image_size: int = 224,
         batch_size: int = 64,
         num_workers: int = 0,
+        pin_memory: bool | None = None,
+        cache_dir: str | Path | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
         num_frames = self.default_num_frames if num_frames is None else num_frames
-        if num_frames < 1 or image_size < 1 or batch_size < 1 or num_workers < 0:
+        if num_frames < 1 or image_size < 1:
             raise ValueError(
-                f"num_frames={num_frames}, image_size={image_size} and batch_size={batch_size} "
-                f"must be positive and num_workers={num_workers} non-negative."
+                f"num_frames={num_frames} and image_size={image_size} must be positive."
             )
         check_split_fractions([val_fraction])
         self.root = Path(root).expanduser()
@@ -235,8 +300,7 @@ class AudioVisualDataModule(L.LightningDataModule, ABC):
         self.val_fraction = val_fraction
         self.seed = seed
         self.image_size = image_size
-        self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.cache_dir = cache_dir
         self.modality_kinds = {"audio": "audio", "visual": "visual"}
         self.audio_dir = self.root / self.audio_dirname
         self.visual_dir = self.root / self.visual_dirname
@@ -311,35 +375,17 @@ class AudioVisualDataModule(L.LightningDataModule, ABC):
         if missing:
             raise self._missing(missing)
 
-    def _loader(self, split: str) -> DataLoader:
-        train = split == "train"
-        dataset = AudioVisualClipDataset(
+    @override
+    def split_dataset(self, split: str) -> AudioVisualClipDataset:
+        return AudioVisualClipDataset(
             self.clips[split],
             self.audio_dir,
             self.visual_dir,
             self.num_frames,
-            train,
+            split == "train",
             self.image_size,
+            self.cache_dir,
         )
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=train,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    @override
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    @override
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    @override
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
 
 
 def _read_label_last_csv(path: Path) -> list[tuple[str, str]]:

@@ -1,7 +1,8 @@
 """In-memory multimodal datasets: the dataset, the stratified split and the shared DataModule.
 
 The synthetic and mfeat DataModules hold every sample as a tensor; this module gives them one
-dataset type, one split rule and one set of dataloaders. Batches are
+dataset type and one split rule. :class:`MultimodalDataModule` is the one dataloader base of
+every pidsched DataModule, these and the audio-visual ones. Batches are
 ``(inputs: dict[str, Tensor], target: Tensor)``, the layout every pidsched model reads.
 """
 
@@ -13,7 +14,7 @@ from collections.abc import Mapping, Sequence
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 from typing_extensions import override
 
 #: Modality kinds a DataModule reports, one per modality; the app picks an encoder per kind.
@@ -89,16 +90,47 @@ def stratified_split(target: Tensor, fractions: Sequence[float], seed: int) -> l
     return [torch.sort(torch.cat(p)).values for p in parts]
 
 
-class InMemoryMultimodalDataModule(L.LightningDataModule, ABC):
-    """Base for DataModules whose splits are tensors held in memory.
+class EpochShuffleSampler(RandomSampler):
+    """A random order per epoch that depends only on ``(seed, epoch)``.
 
-    Subclasses implement :meth:`build_splits` and set ``modality_names``, ``modality_kinds``,
+    Lightning calls :meth:`set_epoch` before every training epoch, so a fit resumed at epoch E
+    draws the same order for E as the uninterrupted fit did (a plain ``RandomSampler`` draws
+    from the global RNG, whose state a checkpoint does not hold). Under DDP Lightning replaces
+    it, being a ``RandomSampler``, by its ``DistributedSampler``, which is seeded the same way.
+
+    Args:
+        data_source: the dataset.
+        seed: the base seed (``torch.initial_seed()``, i.e. the run's ``seed_everything``, when
+            None).
+    """
+
+    def __init__(self, data_source: Dataset, seed: int | None = None) -> None:
+        super().__init__(data_source)
+        self.seed = torch.initial_seed() if seed is None else int(seed)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Restart the order at ``epoch``'s permutation."""
+        self.generator = torch.Generator().manual_seed((self.seed + epoch) % 2**63)
+
+
+class MultimodalDataModule(L.LightningDataModule, ABC):
+    """The dataloaders every pidsched DataModule shares: one base for in-memory and file data.
+
+    Subclasses implement :meth:`split_dataset` and set ``modality_names``, ``modality_kinds``,
     ``input_shapes`` and ``num_classes`` in their constructor, so a model can be built before
-    ``setup`` runs.
+    ``setup`` runs. Training batches are shuffled by :class:`EpochShuffleSampler` (resumable);
+    validation and test batches keep the split's order.
 
     Args:
         batch_size: samples per batch for every split.
-        num_workers: dataloader worker processes (0 loads in the main process).
+        num_workers: dataloader worker processes (0 loads in the main process); workers persist
+            across epochs when there are any.
+        pin_memory: page-locked batches for faster host-to-GPU copies; None (default) pins
+            exactly when the trainer runs on a CUDA device.
+
+    Raises:
+        ValueError: ``batch_size`` < 1 or ``num_workers`` < 0.
     """
 
     modality_names: tuple[str, ...]
@@ -106,14 +138,66 @@ class InMemoryMultimodalDataModule(L.LightningDataModule, ABC):
     input_shapes: dict[str, tuple[int, ...]]
     num_classes: int
 
-    def __init__(self, batch_size: int = 64, num_workers: int = 0) -> None:
+    def __init__(
+        self, batch_size: int = 64, num_workers: int = 0, pin_memory: bool | None = None
+    ) -> None:
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be a positive integer.")
         if num_workers < 0:
             raise ValueError(f"num_workers={num_workers} must be 0 or more.")
+        if pin_memory is not None and not isinstance(pin_memory, bool):
+            raise TypeError(f"pin_memory must be true, false or null (auto), got {pin_memory!r}.")
         self.batch_size = batch_size
         self.num_workers = num_workers
+        self.pin_memory = pin_memory
+
+    @abstractmethod
+    def split_dataset(self, split: str) -> Dataset:
+        """The dataset of ``split`` (``"train"``, ``"val"`` or ``"test"``)."""
+
+    def _pins_memory(self) -> bool:
+        if self.pin_memory is not None:
+            return self.pin_memory
+        trainer = self.trainer
+        return trainer is not None and trainer.strategy.root_device.type == "cuda"
+
+    def _loader(self, split: str) -> DataLoader:
+        dataset = self.split_dataset(split)
+        sampler = EpochShuffleSampler(dataset) if split == "train" else None
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=self._pins_memory(),
+        )
+
+    @override
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    @override
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    @override
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+
+class InMemoryMultimodalDataModule(MultimodalDataModule):
+    """Base for DataModules whose splits are tensors held in memory.
+
+    Subclasses implement :meth:`build_splits`; the dataloaders are
+    :class:`MultimodalDataModule`'s (same arguments).
+    """
+
+    def __init__(
+        self, batch_size: int = 64, num_workers: int = 0, pin_memory: bool | None = None
+    ) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory)
         self.splits: dict[str, MultimodalTensorDataset] = {}
 
     @abstractmethod
@@ -125,25 +209,7 @@ class InMemoryMultimodalDataModule(L.LightningDataModule, ABC):
         if not self.splits:
             self.splits = self.build_splits()
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        if not self.splits:
-            self.setup()
-        return DataLoader(
-            self.splits[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
     @override
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    @override
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    @override
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+    def split_dataset(self, split: str) -> Dataset:
+        self.setup()
+        return self.splits[split]

@@ -19,6 +19,11 @@ encoders (``pidsched-train`` instantiates ``model.fusion`` with ``feature_dims``
 ``num_classes``); the test split's macro-F1 of every head comes from torchmetrics inside
 ``test_step``. A trained run is reloaded with :func:`pidsched.cli.reload.load_run`.
 
+The stage and paused set are saved in the module's checkpoints, so a fit resumed mid-epoch
+trains the rest of that epoch as it was. ``trainer.fit(torch.compile(model))`` (or
+:meth:`MultimodalClassifier.compile_pieces`) compiles only the pure tensor pieces - encoders,
+heads, fusion head - and keeps the steps, their logging and the stage state in Python.
+
 Batches are ``(inputs: dict[str, Tensor], target: Tensor)`` with integer targets ``(N,)``.
 Optimiser and scheduler settings are plain dicts (Hydra-friendly, stored in the checkpoint's
 hyperparameters): ``{"name": "SGD", "lr": 0.01, ...}`` where ``name`` is a class in
@@ -29,12 +34,13 @@ also hold Lightning's ``interval``, ``frequency`` and ``monitor`` keys.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities.compile import to_uncompiled
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassF1Score
 from typing_extensions import override
@@ -59,6 +65,8 @@ STAGE2_OPTIMIZER: dict[str, Any] = {
     "weight_decay": 1e-4,
 }
 _LIGHTNING_SCHEDULER_KEYS = ("interval", "frequency", "monitor")
+# Checkpoint entry holding the stage and paused set the module was trained with.
+_STAGE_KEY = "pidsched_training_stage"
 
 
 def _plain(value: Any) -> Any:
@@ -206,6 +214,9 @@ class MultimodalClassifier(PausableBranchesMixin, LightningModule):
         self.stage2_scheduler = stage2_scheduler
         self.stage = "unimodal"
         self.paused: frozenset[str] = frozenset()
+        # Compiled callables of the pure tensor pieces (see compile_pieces); empty = eager.
+        self._compiled: dict[tuple[str, str], Callable[..., Tensor]] = {}
+        self._restored_stage: dict[str, Any] | None = None
 
     # --- the MultimodalModule protocol -------------------------------------------------------
 
@@ -216,7 +227,7 @@ class MultimodalClassifier(PausableBranchesMixin, LightningModule):
     def modality_logits(self, inputs: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Unimodal logits ``{m: (N, K)}`` for every modality."""
         features = self.modality_features(inputs)
-        return {name: self.heads[name](features[name]) for name in self.modality_names}
+        return {name: self._classify(name, features[name]) for name in self.modality_names}
 
     def modality_contributions(self, features: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Each modality's additive share of the fused logits ``{m: (N, K)}``; they sum to them.
@@ -250,22 +261,90 @@ class MultimodalClassifier(PausableBranchesMixin, LightningModule):
             )
         }
 
+    # --- the stage in checkpoints --------------------------------------------------------------
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[_STAGE_KEY] = {"stage": self.stage, "paused": sorted(self.paused)}
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._restored_stage = checkpoint.get(_STAGE_KEY)
+
+    @override
+    def on_train_start(self) -> None:
+        # A fit resumed mid-epoch skips on_train_epoch_start, where a schedule sets the stage:
+        # the rest of that epoch trains with the stage and paused set it was saved with.
+        restored, self._restored_stage = self._restored_stage, None
+        if restored is not None:
+            self.set_training_stage(restored["stage"], restored["paused"])
+
+    # --- torch.compile: the pure tensor pieces only --------------------------------------------
+
+    def compile_pieces(self, **compile_kwargs: Any) -> MultimodalClassifier:
+        """Compile each encoder, each unimodal head and the fusion head with ``torch.compile``.
+
+        Only these pure tensor functions are compiled; the training, validation and test steps
+        (logging, the stage and the paused set) stay Python. A piece is compiled once per
+        mode it runs in (train/eval, with/without autograd, then a dynamic batch size) and not
+        again when the stage or the paused set changes, so steady-state epochs recompile
+        nothing. Parameters, buffers and ``state_dict`` keys are those of the eager module.
+
+        ``trainer.fit(torch.compile(model))`` ends up here too: at setup the module takes the
+        compiler Lightning wrapped its steps with off the steps and puts it on these pieces.
+
+        Args:
+            compile_kwargs: ``torch.compile`` arguments, e.g. ``backend="inductor"``,
+                ``mode="max-autotune"``.
+
+        Returns:
+            ``self``.
+        """
+        self._compile_with(lambda module: torch.compile(module, **compile_kwargs))
+        return self
+
+    def _compile_with(self, compiler: Callable[[nn.Module], Callable[..., Tensor]]) -> None:
+        self._compiled = {("fusion", ""): compiler(self.fusion)}
+        for name in self.modality_names:
+            self._compiled["encoders", name] = compiler(self.encoders[name])
+            self._compiled["heads", name] = compiler(self.heads[name])
+
+    @override
+    def setup(self, stage: str) -> None:
+        # Lightning compiles the whole steps of a torch.compile'd module; with python state and
+        # self.log inside they recompile until dynamo's limit and fall back to eager. Move the
+        # compiler onto the pure pieces instead (Lightning keeps it only in _compiler_ctx).
+        context = self._compiler_ctx
+        if context is not None:
+            to_uncompiled(self)
+            self._compile_with(context["dynamo_ctx"])
+
+    @override
+    def encode_modality(self, name: str, x: Tensor) -> Tensor:
+        return self._compiled.get(("encoders", name), self.encoders[name])(x)
+
+    def _classify(self, name: str, features: Tensor) -> Tensor:
+        return self._compiled.get(("heads", name), self.heads[name])(features)
+
+    def _fuse(self, features: Mapping[str, Tensor]) -> Tensor:
+        return self._compiled.get(("fusion", ""), self.fusion)(features)
+
     # --- forward and losses ------------------------------------------------------------------
 
     @override
     def forward(self, inputs: Mapping[str, Tensor]) -> Tensor:
         """Fused logits ``(N, K)``."""
-        return self.fusion(self.modality_features(inputs))
+        return self._fuse(self.modality_features(inputs))
 
-    def _evaluate(self, batch: Any, split: str) -> dict[str, Any]:
+    def _evaluate(self, batch: Any, split: str, dataloader_idx: int = 0) -> dict[str, Any]:
         inputs, target = _unpack_batch(batch, self.modality_names)
         training = split == "train"
         trained = self.trained_modalities() if training else list(self.modality_names)
         # Stage-1 training needs neither the paused branches nor the fusion head.
         needs_all = not training or self.stage == "joint"
         features = self.branch_features(inputs, self.modality_names if needs_all else trained)
-        logits = {name: self.heads[name](features[name]) for name in features}
-        fused = self.fusion(features) if needs_all else None
+        logits = {name: self._classify(name, features[name]) for name in features}
+        fused = self._fuse(features) if needs_all else None
 
         losses = {name: F.cross_entropy(logits[name], target) for name in logits}
         loss = sum(losses[name] for name in trained)
@@ -275,7 +354,7 @@ class MultimodalClassifier(PausableBranchesMixin, LightningModule):
         elif fused is not None:
             losses["fused"] = F.cross_entropy(fused, target)
         predictions = dict(logits, fused=fused) if fused is not None else logits
-        self._log_split(split, loss, losses, predictions, target)
+        self._log_split(split, loss, losses, predictions, target, dataloader_idx)
         return {
             "loss": loss,
             "modality_logits": logits,
@@ -290,9 +369,13 @@ class MultimodalClassifier(PausableBranchesMixin, LightningModule):
         losses: Mapping[str, Tensor],
         predictions: Mapping[str, Tensor],
         target: Tensor,
+        dataloader_idx: int = 0,
     ) -> None:
         batch_size = target.shape[0]
         distributed = split != "train"
+        # The first dataloader keeps the plain names (the callback probes it, selection and
+        # monitors read them); Lightning suffixes the others with "/dataloader_idx_<i>".
+        suffixed = dataloader_idx != 0
         values = {f"{split}/loss_{name}": value for name, value in losses.items()}
         values.update(
             {
@@ -300,17 +383,32 @@ class MultimodalClassifier(PausableBranchesMixin, LightningModule):
                 for name, logits in predictions.items()
             }
         )
-        self.log_dict(values, batch_size=batch_size, sync_dist=distributed)
-        self.log(f"{split}/loss", loss, batch_size=batch_size, sync_dist=distributed, prog_bar=True)
+        self.log_dict(
+            values, batch_size=batch_size, sync_dist=distributed, add_dataloader_idx=suffixed
+        )
+        self.log(
+            f"{split}/loss",
+            loss,
+            batch_size=batch_size,
+            sync_dist=distributed,
+            prog_bar=True,
+            add_dataloader_idx=suffixed,
+        )
 
     @override
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         return self._evaluate(batch, "train")["loss"]
 
     @override
-    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
-        """Return the loss and the per-modality logits and features (reused by the callback)."""
-        return self._evaluate(batch, "val")
+    def validation_step(
+        self, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Any]:
+        """Return the loss and the per-modality logits and features (reused by the callback).
+
+        With several validation dataloaders the first one logs ``val/...`` (the one the
+        callback probes), the others ``val/.../dataloader_idx_<i>``.
+        """
+        return self._evaluate(batch, "val", dataloader_idx)
 
     @override
     def test_step(self, batch: Any, batch_idx: int) -> None:

@@ -238,5 +238,10 @@ class PausableBranchesMixin:
         for name in self.modality_names if names is None else names:
             frozen = self.training and name in self.paused
             with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
-                features[name] = self.encoders[name](inputs[name])
+                features[name] = self.encode_modality(name, inputs[name])
         return features
+
+    def encode_modality(self, name: str, x: Tensor) -> Tensor:
+        """``encoders[name](x)``: one modality's features ``(N, D_m)``; a module may override it
+        (``MultimodalClassifier`` runs its compiled encoder here)."""
+        return self.encoders[name](x)

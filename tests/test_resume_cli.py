@@ -1,0 +1,103 @@
+"""``pidsched-train resume=<run dir>`` / ``ckpt_path=...``: an interrupted run, continued through
+the installed command, writes what the uninterrupted run writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from test_cli import QUIET, run_command
+
+from pidsched.cli.train import compile_arguments, resume_checkpoint, resumed_run_dir
+
+MAX_EPOCHS = 6
+# The default experiment, small: stage 1 ends at epoch 3 at the latest (its budget).
+SMALL = [
+    "stage1_max_epochs=3",
+    "schedule.controller.min_unimodal_epochs=1",
+    "data.num_samples=1500",
+    "callbacks.report=null",
+    *QUIET,
+]
+
+
+def _outputs(run_dir: Path) -> tuple[dict, dict]:
+    """pid_history.json and summary.json, with the run directory's path taken out."""
+    history = json.loads((run_dir / "pid_history.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text().replace(str(run_dir), "RUN"))
+    return history, summary
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    run_command(
+        [f"hydra.run.dir={run_dir}", f"trainer.max_epochs={MAX_EPOCHS}", *SMALL], run_dir.parent
+    )
+    history, summary = _outputs(run_dir)
+    # The interruption points below fall where the test means them to.
+    assert summary["switch_epoch"] == 3
+    assert [r["stage"] for r in history["records"]] == ["unimodal"] * 3 + ["joint"] * 3
+    return history, summary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("first_epochs", "how"),
+    [(2, "resume"), (5, "ckpt_path")],
+    ids=["interrupted-in-stage-1", "interrupted-in-stage-2"],
+)
+def test_a_resumed_run_writes_what_the_uninterrupted_run_writes(
+    uninterrupted, tmp_path, first_epochs, how
+):
+    run_dir = tmp_path / "run"
+    run_command(
+        [f"hydra.run.dir={run_dir}", f"trainer.max_epochs={first_epochs}", *SMALL], tmp_path
+    )
+    first_history, _ = _outputs(run_dir)
+    assert len(first_history["records"]) == first_epochs  # really stopped early
+
+    target = (
+        f"resume={run_dir}" if how == "resume" else f"ckpt_path={run_dir}/checkpoints/last.ckpt"
+    )
+    # No hydra.run.dir: the resumed run finds its directory from resume/ckpt_path alone.
+    run_command([target, f"trainer.max_epochs={MAX_EPOCHS}", *SMALL], tmp_path)
+    history, summary = _outputs(run_dir)
+    expected_history, expected_summary = uninterrupted
+    assert history == expected_history
+    assert summary == expected_summary
+    assert Path(summary["checkpoint"].replace("RUN", str(run_dir))).is_file()
+    assert not (tmp_path / "outputs").exists()  # nothing written elsewhere
+    assert "resume=" in (run_dir / ".hydra" / "overrides.yaml").read_text() or how == "ckpt_path"
+
+
+def test_the_run_directory_comes_from_resume_or_the_checkpoint(tmp_path):
+    assert resumed_run_dir("/runs/a", None, "fresh") == "/runs/a"
+    assert resumed_run_dir(None, "/runs/b/checkpoints/last.ckpt", "fresh") == "/runs/b"
+    assert resumed_run_dir(None, "/elsewhere/my.ckpt", "fresh") == "fresh"
+    assert resumed_run_dir(None, None, "fresh") == "fresh"
+
+
+def test_resume_errors_say_what_to_do(tmp_path):
+    cfg = OmegaConf.create({"resume": str(tmp_path), "ckpt_path": None})
+    with pytest.raises(FileNotFoundError, match=r"checkpoints/last\.ckpt"):
+        resume_checkpoint(cfg, tmp_path)
+    both = OmegaConf.create({"resume": str(tmp_path), "ckpt_path": "x.ckpt"})
+    with pytest.raises(ValueError, match="not both"):
+        resume_checkpoint(both, tmp_path)
+    assert (
+        resume_checkpoint(OmegaConf.create({"resume": None, "ckpt_path": None}), tmp_path) is None
+    )
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_text("x")
+    assert resume_checkpoint(cfg, tmp_path) == str(tmp_path / "checkpoints" / "last.ckpt")
+
+
+def test_compile_key():
+    assert compile_arguments(False) is None and compile_arguments(None) is None
+    assert compile_arguments(True) == {}
+    assert compile_arguments(OmegaConf.create({"backend": "eager"})) == {"backend": "eager"}
+    with pytest.raises(TypeError, match="compile"):
+        compile_arguments("yes")
