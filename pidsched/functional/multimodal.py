@@ -1,0 +1,182 @@
+"""PID of M >= 2 modalities about the label, from bivariate PIDs (pure PyTorch).
+
+Two modalities are one bivariate PID. Beyond two, each modality m is measured against the rest
+(one-vs-rest): the "rest" of logits is the log of the others' averaged softmax prediction (logits
+whose softmax is that average), the rest of features is the others' features side by side. The M
+bivariate results then combine into one :class:`MultimodalPIDResult`: ``unique[m]`` is m's
+uniqueness against the rest, redundancy, synergy and mutual information are the means over m,
+and the gap is the largest of the M gaps (a bound on every combined atom, since a mean of values
+each within ``gap_m`` of the truth is within ``max gap_m``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pidsched.functional.pid import PIDResult
+
+__all__ = [
+    "MultimodalPIDResult",
+    "combine_pair_results",
+    "one_vs_rest_inputs",
+    "pair_count",
+    "percentile_interval",
+]
+
+# The combined atoms whose value is one tensor (the per-modality ones are dicts).
+SCALAR_ATOMS = ("redundancy", "synergy", "mutual_information")
+
+
+@dataclass(frozen=True)
+class MultimodalPIDResult:
+    """PID of M modalities about the label; every tensor has one batch shape (bits).
+
+    Attributes:
+        unique: ``{m: U_m}``: for two modalities the bivariate uniquenesses, beyond two the
+            uniqueness of m against the rest.
+        redundancy: R (beyond two modalities the mean over the one-vs-rest PIDs).
+        synergy: S (ditto).
+        mutual_information: I(all; Y) for two modalities, the mean of I(m, rest; Y) beyond.
+        mutual_information_per_modality: ``{m: I(X_m; Y)}``.
+        gap: certified bound on the error of every atom (largest of the bivariate gaps).
+        replicates: the same quantities for each bootstrap replicate, batch shape ``(B,)``
+            (None without bootstrap).
+    """
+
+    unique: dict[str, Tensor]
+    redundancy: Tensor
+    synergy: Tensor
+    mutual_information: Tensor
+    mutual_information_per_modality: dict[str, Tensor]
+    gap: Tensor
+    replicates: MultimodalPIDResult | None = None
+
+    def is_certified(self, tol: float) -> bool:
+        """Whether every atom is finite and the gap is finite and at most ``tol`` bits."""
+        values = [
+            *self.unique.values(),
+            *self.mutual_information_per_modality.values(),
+            *(getattr(self, atom) for atom in SCALAR_ATOMS),
+        ]
+        atoms_finite = all(bool(torch.isfinite(value).all()) for value in values)
+        gap_ok = bool(torch.isfinite(self.gap).all()) and bool((self.gap <= tol).all())
+        return atoms_finite and gap_ok
+
+    def interval(self, level: float) -> tuple[MultimodalPIDResult, MultimodalPIDResult]:
+        """Percentile bootstrap interval ``(low, high)`` of central probability ``level``.
+
+        Raises:
+            ValueError: the result has no replicates, or ``level`` is not in (0, 1).
+        """
+        if self.replicates is None:
+            raise ValueError("interval() needs bootstrap replicates: build the metric with B > 0.")
+        return percentile_interval(self.replicates, level)
+
+
+def pair_count(num_modalities: int) -> int:
+    """Bivariate PIDs measured: one for two modalities, one per modality (one-vs-rest) beyond."""
+    return 1 if num_modalities == 2 else num_modalities
+
+
+def one_vs_rest_inputs(
+    values: Mapping[str, Tensor], names: Sequence[str], kind: str
+) -> list[tuple[Tensor, Tensor]]:
+    """The bivariate PID inputs: ``[(x_1, x_2)]`` for two modalities, else ``(m, rest)`` per m.
+
+    Args:
+        values: ``{m: (N, K) logits}`` (``kind="logits"``) or ``{m: (N, D_m) features}``.
+        names: the modality names in order (at least two).
+        kind: ``"logits"`` (rest = log of the others' mean softmax, ``(N, K)`` float) or
+            ``"features"`` (rest = the others' features concatenated, ``(N, sum D)``).
+    """
+    if len(names) == 2:
+        return [(values[names[0]], values[names[1]])]
+    return [(values[name], _rest(values, names, name, kind)) for name in names]
+
+
+def _rest(values: Mapping[str, Tensor], names: Sequence[str], name: str, kind: str) -> Tensor:
+    others = [values[other] for other in names if other != name]
+    if kind == "features":
+        return torch.cat(others, dim=-1)
+    log_probs = torch.stack([other.float().log_softmax(dim=-1) for other in others])
+    return torch.logsumexp(log_probs, dim=0) - math.log(len(others))
+
+
+def combine_pair_results(
+    names: Sequence[str],
+    results: Sequence[PIDResult],
+    replicates: MultimodalPIDResult | None = None,
+) -> MultimodalPIDResult:
+    """Combine the bivariate results of :func:`one_vs_rest_inputs`' pairs (same order).
+
+    Works for any common batch shape (0-d for a probe, ``(B,)`` for bootstrap replicates).
+    """
+    if len(results) != pair_count(len(names)):
+        raise ValueError(
+            f"expected {pair_count(len(names))} bivariate results for {len(names)} modalities, "
+            f"got {len(results)}."
+        )
+    if len(names) == 2:
+        (result,) = results
+        return MultimodalPIDResult(
+            unique={names[0]: result.unique_1, names[1]: result.unique_2},
+            redundancy=result.redundancy,
+            synergy=result.synergy,
+            mutual_information=result.mutual_information,
+            mutual_information_per_modality={
+                names[0]: result.mutual_information_1,
+                names[1]: result.mutual_information_2,
+            },
+            gap=result.gap,
+            replicates=replicates,
+        )
+
+    def mean(atom: str) -> Tensor:
+        return torch.stack([getattr(result, atom) for result in results]).mean(dim=0)
+
+    return MultimodalPIDResult(
+        unique={name: r.unique_1 for name, r in zip(names, results, strict=True)},
+        redundancy=mean("redundancy"),
+        synergy=mean("synergy"),
+        mutual_information=mean("mutual_information"),
+        mutual_information_per_modality={
+            name: r.mutual_information_1 for name, r in zip(names, results, strict=True)
+        },
+        gap=torch.stack([result.gap for result in results]).amax(dim=0),
+        replicates=replicates,
+    )
+
+
+def percentile_interval(
+    replicates: MultimodalPIDResult, level: float
+) -> tuple[MultimodalPIDResult, MultimodalPIDResult]:
+    """The ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of ``(B,)`` replicates (0-d)."""
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise ValueError(
+            f"Expected argument `level` (the interval's central probability) to be in (0, 1), "
+            f"but got {level!r}; e.g. 0.9."
+        )
+    bounds = []
+    for q in ((1 - level) / 2, (1 + level) / 2):
+
+        def quantile(values: Tensor, q: float = q) -> Tensor:
+            return torch.quantile(values.double(), q)
+
+        bounds.append(
+            MultimodalPIDResult(
+                unique={m: quantile(v) for m, v in replicates.unique.items()},
+                redundancy=quantile(replicates.redundancy),
+                synergy=quantile(replicates.synergy),
+                mutual_information=quantile(replicates.mutual_information),
+                mutual_information_per_modality={
+                    m: quantile(v) for m, v in replicates.mutual_information_per_modality.items()
+                },
+                gap=replicates.gap.amax(),
+            )
+        )
+    return bounds[0], bounds[1]
