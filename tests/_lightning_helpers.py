@@ -168,37 +168,6 @@ class UncertifiedFastPID(FastPID):
         return result
 
 
-class JitterBootstrapPID(FastPID):
-    """A stand-in bootstrap: ``replicates`` are the atoms plus generator noise, shape ``(B,)``.
-
-    Like a real bootstrap it draws from its own generator, so a resumed run repeats the
-    uninterrupted one only when ``bootstrap_state`` travels in the checkpoint.
-    """
-
-    def __init__(self, num_classes: int, num_bootstrap: int = 8, seed: int = 0) -> None:
-        super().__init__(num_classes, tol=1e-5)
-        self.num_bootstrap = num_bootstrap
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def compute(self) -> PIDResult:
-        result = super().compute()
-        bits = ("unique_1", "unique_2", "redundancy", "synergy", "mutual_information")
-        bits += ("mutual_information_1", "mutual_information_2", "gap")
-        jitter = {
-            name: getattr(result, name)
-            + 0.01 * torch.randn(self.num_bootstrap, generator=self.generator, dtype=torch.float64)
-            for name in bits
-        }
-        result.replicates = PIDResult(**jitter, iterations=0)
-        return result
-
-    def bootstrap_state(self) -> Tensor:
-        return self.generator.get_state()
-
-    def load_bootstrap_state(self, state: Tensor) -> None:
-        self.generator.set_state(state)
-
-
 def branch_state(model: nn.Module, name: str) -> dict[str, Tensor]:
     """Copies of every parameter and buffer of modality ``name``'s encoder and head."""
     state = {

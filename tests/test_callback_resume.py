@@ -6,7 +6,6 @@ import pytest
 import torch
 from _lightning_helpers import (
     NUM_CLASSES,
-    JitterBootstrapPID,
     assert_states_equal,
     loaders,
     make_model,
@@ -18,6 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from pidsched import PIDController, PIDSchedulerCallback
 
 MAX_EPOCHS = 7
+BOOTSTRAP = 16
 SIGNAL = {"a": 3.0, "b": 0.5}  # "a" dominates at once, so it is paused from epoch 1
 
 
@@ -102,7 +102,7 @@ def test_checkpoint_state_is_versioned_plain_and_loads_safely(reference):
 def bootstrap_reference(tmp_path_factory):
     """An uninterrupted run whose probes draw bootstrap replicates."""
     checkpoint_dir = tmp_path_factory.mktemp("bootstrap_checkpoints")
-    _, callback, _ = _run(checkpoint_dir, metric_factory=JitterBootstrapPID)
+    _, callback, _ = _run(checkpoint_dir, num_bootstrap=BOOTSTRAP)
     assert all(record["interval"] is not None for record in callback.history)
     return checkpoint_dir, callback
 
@@ -110,19 +110,19 @@ def bootstrap_reference(tmp_path_factory):
 def test_resume_with_bootstrap_repeats_the_intervals(bootstrap_reference, tmp_path):
     checkpoint_dir, callback = bootstrap_reference
     ckpt = checkpoint_dir / "epoch=1.ckpt"  # mid stage 1, "a" paused
-    _, resumed, _ = _run(tmp_path / "resumed", ckpt_path=ckpt, metric_factory=JitterBootstrapPID)
+    _, resumed, _ = _run(tmp_path / "resumed", ckpt_path=ckpt, num_bootstrap=BOOTSTRAP)
     assert resumed.history == callback.history
 
-    # The checkpoint's generator state is what makes them equal: without it they differ.
+    # The checkpoint's bootstrap state is what makes them equal: without it they differ.
     checkpoint = torch.load(ckpt, weights_only=True)
     state = checkpoint["callbacks"]["PIDSchedulerCallback"]
-    (generator_state,) = state.pop("metric_bootstrap")
-    assert generator_state.dtype == torch.uint8
+    (bootstrap_state,) = state.pop("metric_bootstrap")
+    assert bootstrap_state == {"seed": 0, "draws": 2}  # one update per probe, two probes
     torch.save(checkpoint, tmp_path / "without_bootstrap.ckpt")
     _, cold, _ = _run(
         tmp_path / "cold",
         ckpt_path=tmp_path / "without_bootstrap.ckpt",
-        metric_factory=JitterBootstrapPID,
+        num_bootstrap=BOOTSTRAP,
     )
     assert cold.history[:2] == callback.history[:2]  # restored from the checkpoint
     assert cold.history[2]["interval"] != callback.history[2]["interval"]

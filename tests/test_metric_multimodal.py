@@ -7,13 +7,9 @@ import functools
 
 import pytest
 import torch
-from _lightning_helpers import JitterBootstrapPID, UncertifiedFastPID
+from _lightning_helpers import UncertifiedFastPID
 
-from pidsched.functional.multimodal import (
-    MultimodalPIDResult,
-    one_vs_rest_inputs,
-    percentile_interval,
-)
+from pidsched.functional.multimodal import MultimodalPIDResult, one_vs_rest_inputs
 from pidsched.metrics import FastPID, MultimodalPID
 
 NUM_CLASSES = 3
@@ -103,23 +99,40 @@ def test_reset_keeps_the_warm_start():
 def test_replicates_combine_replicate_by_replicate():
     names = ("a", "b", "c")
     values, target = _logits(names)
-    factory = functools.partial(JitterBootstrapPID, num_bootstrap=32)
+    factory = functools.partial(FastPID, num_bootstrap=32, seed=3)
     metric = MultimodalPID(names, NUM_CLASSES, factory)
     metric.update(values, target)
-    generators = [m.generator.get_state() for m in metric.pair_metrics]
     result = metric.compute()
     assert metric.num_bootstrap == 32 and result.replicates.synergy.shape == (32,)
-    # Pair m's replicates are replayed from its generator state.
+    # Replicate b is the mean of replicate b of each hand-fed pair (same seed: same resample).
     pair_synergy = []
-    for pair, state in zip(metric.pair_metrics, generators, strict=True):
-        pair.load_bootstrap_state(state)
+    for first, rest in one_vs_rest_inputs(values, names, "logits"):
+        pair = factory(num_classes=NUM_CLASSES)
+        pair.update(first, rest, target)
         pair_synergy.append(pair.compute().replicates.synergy)
-    torch.testing.assert_close(result.replicates.synergy, torch.stack(pair_synergy).mean(0))
-    low, high = result.interval(0.9)
-    assert float(low.synergy) == pytest.approx(
-        float(torch.quantile(result.replicates.synergy, 0.05))
+    torch.testing.assert_close(
+        result.replicates.synergy, torch.stack(pair_synergy).mean(0), rtol=0, atol=TWO_TOL
     )
-    assert float(low.unique["b"]) < float(high.unique["b"])
+    assert metric.bootstrap_state() == [{"seed": 3, "draws": 1}] * 3
+    low, high = result.interval(0.9)
+    assert float(low.unique["b"]) <= float(high.unique["b"])
+
+
+def test_two_modalities_give_the_bivariate_interval():
+    values, target = _logits(("a", "b"))
+    factory = functools.partial(FastPID, num_bootstrap=32)
+    metric = MultimodalPID(("a", "b"), NUM_CLASSES, factory)
+    metric.update(values, target)
+    low, high = metric.compute().interval(0.8)
+    reference = factory(num_classes=NUM_CLASSES)
+    reference.update(values["a"], values["b"], target)
+    expected_low, expected_high = reference.compute().interval(0.8)
+    for end, expected in ((low, expected_low), (high, expected_high)):
+        assert torch.equal(end.unique["a"], expected.unique_1)
+        assert torch.equal(end.unique["b"], expected.unique_2)
+        assert torch.equal(end.mutual_information_per_modality["b"], expected.mutual_information_2)
+        for atom in ("redundancy", "synergy", "mutual_information"):
+            assert torch.equal(getattr(end, atom), getattr(expected, atom))
 
 
 def test_interval_needs_replicates_and_a_level_in_the_unit_interval():
@@ -128,12 +141,17 @@ def test_interval_needs_replicates_and_a_level_in_the_unit_interval():
     result = metric.compute()
     with pytest.raises(ValueError, match="needs bootstrap replicates"):
         result.interval(0.9)
-    replicates = dataclasses.replace(result, synergy=torch.arange(101.0))
-    low, high = percentile_interval(replicates, 0.9)
-    assert (float(low.synergy), float(high.synergy)) == pytest.approx((5.0, 95.0))
+    # Replicates 0..100: q_lo = 5, q_hi = 95, so [max(0, 2 theta - 95), 2 theta - 5].
+    replicates = dataclasses.replace(result, synergy=torch.arange(101.0, dtype=torch.float64))
+    for theta, expected in ((60.0, (25.0, 115.0)), (10.0, (0.0, 15.0))):
+        estimate = dataclasses.replace(
+            result, synergy=torch.tensor(theta, dtype=torch.float64), replicates=replicates
+        )
+        low, high = estimate.interval(0.9)
+        assert (float(low.synergy), float(high.synergy)) == pytest.approx(expected)
     for level in (0, 1, 1.5, True):
         with pytest.raises(ValueError, match="level"):
-            percentile_interval(replicates, level)
+            estimate.interval(level)
 
 
 def test_certified_needs_finite_atoms_and_a_gap_within_tol():

@@ -18,14 +18,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from pidsched.functional.bootstrap import check_level
 from pidsched.functional.pid import PIDResult
 
 __all__ = [
     "MultimodalPIDResult",
     "combine_pair_results",
+    "multimodal_bootstrap_interval",
     "one_vs_rest_inputs",
     "pair_count",
-    "percentile_interval",
 ]
 
 # The combined atoms whose value is one tensor (the per-modality ones are dicts).
@@ -67,15 +68,10 @@ class MultimodalPIDResult:
         gap_ok = bool(torch.isfinite(self.gap).all()) and bool((self.gap <= tol).all())
         return atoms_finite and gap_ok
 
-    def interval(self, level: float) -> tuple[MultimodalPIDResult, MultimodalPIDResult]:
-        """Percentile bootstrap interval ``(low, high)`` of central probability ``level``.
-
-        Raises:
-            ValueError: the result has no replicates, or ``level`` is not in (0, 1).
-        """
-        if self.replicates is None:
-            raise ValueError("interval() needs bootstrap replicates: build the metric with B > 0.")
-        return percentile_interval(self.replicates, level)
+    def interval(self, level: float = 0.9) -> tuple[MultimodalPIDResult, MultimodalPIDResult]:
+        """Bootstrap interval ``(low, high)`` at nominal coverage ``level``; see
+        :func:`multimodal_bootstrap_interval`."""
+        return multimodal_bootstrap_interval(self, level)
 
 
 def pair_count(num_modalities: int) -> int:
@@ -152,31 +148,48 @@ def combine_pair_results(
     )
 
 
-def percentile_interval(
-    replicates: MultimodalPIDResult, level: float
+def multimodal_bootstrap_interval(
+    estimate: MultimodalPIDResult, level: float
 ) -> tuple[MultimodalPIDResult, MultimodalPIDResult]:
-    """The ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of ``(B,)`` replicates (0-d)."""
-    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0 < level < 1:
+    """Bias-aware bootstrap interval ``(low, high)`` of every atom of ``estimate`` (0-d, bits).
+
+    The same interval as :func:`pidsched.functional.bootstrap_interval` gives a bivariate PID:
+    ``low = max(0, 2 theta - q_hi)``, ``high = max(0, 2 theta - q_lo)`` with ``theta`` the
+    estimate and ``q_lo, q_hi`` the ``(1 -+ level) / 2`` quantiles of its ``(B,)`` replicates
+    (NaN replicates ignored); ``gap`` is the estimate's.
+
+    Raises:
+        ValueError: ``estimate`` has no replicates, or ``level`` is not in (0, 1).
+    """
+    check_level(level)
+    replicates = estimate.replicates
+    if replicates is None:
         raise ValueError(
-            f"Expected argument `level` (the interval's central probability) to be in (0, 1), "
-            f"but got {level!r}; e.g. 0.9."
+            "interval() needs bootstrap replicates: build the pair metrics with num_bootstrap > 0."
         )
-    bounds = []
-    for q in ((1 - level) / 2, (1 + level) / 2):
+    tail = (1.0 - level) / 2.0
 
-        def quantile(values: Tensor, q: float = q) -> Tensor:
-            return torch.quantile(values.double(), q)
+    def ends(theta: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
+        probabilities = torch.tensor([1.0 - tail, tail], dtype=theta.dtype, device=theta.device)
+        quantiles = torch.nanquantile(values.to(theta.dtype), probabilities, dim=0)
+        return (2 * theta - quantiles[0]).clamp_min(0.0), (2 * theta - quantiles[1]).clamp_min(0.0)
 
-        bounds.append(
-            MultimodalPIDResult(
-                unique={m: quantile(v) for m, v in replicates.unique.items()},
-                redundancy=quantile(replicates.redundancy),
-                synergy=quantile(replicates.synergy),
-                mutual_information=quantile(replicates.mutual_information),
-                mutual_information_per_modality={
-                    m: quantile(v) for m, v in replicates.mutual_information_per_modality.items()
-                },
-                gap=replicates.gap.amax(),
-            )
+    def per_modality(field: str) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        thetas, values = getattr(estimate, field), getattr(replicates, field)
+        pairs = {name: ends(theta, values[name]) for name, theta in thetas.items()}
+        return {n: p[0] for n, p in pairs.items()}, {n: p[1] for n, p in pairs.items()}
+
+    unique = per_modality("unique")
+    informations = per_modality("mutual_information_per_modality")
+    scalars = {
+        atom: ends(getattr(estimate, atom), getattr(replicates, atom)) for atom in SCALAR_ATOMS
+    }
+    return tuple(
+        MultimodalPIDResult(
+            unique=unique[end],
+            mutual_information_per_modality=informations[end],
+            gap=estimate.gap,
+            **{atom: bounds[end] for atom, bounds in scalars.items()},
         )
-    return bounds[0], bounds[1]
+        for end in (0, 1)
+    )
