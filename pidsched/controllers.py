@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pidsched._checks import check_int_at_least
+from pidsched.stages import STAGE_JOINT, STAGE_UNIMODAL
 
 __all__ = [
     "STAGE_JOINT",
@@ -36,9 +37,6 @@ __all__ = [
     "MIController",
     "PIDController",
 ]
-
-STAGE_UNIMODAL = "unimodal"
-STAGE_JOINT = "joint"
 
 
 @dataclass(frozen=True)

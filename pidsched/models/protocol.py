@@ -17,9 +17,9 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import Self
 
-__all__ = ["STAGES", "MultimodalModule", "PausableBranchesMixin", "check_multimodal_module"]
+from pidsched.stages import STAGE_UNIMODAL, STAGES
 
-STAGES = ("unimodal", "joint")
+__all__ = ["STAGES", "MultimodalModule", "PausableBranchesMixin", "check_multimodal_module"]
 
 
 @runtime_checkable
@@ -160,7 +160,7 @@ def check_stage(stage: str, paused: Collection[str], names: Sequence[str]) -> fr
     unknown = paused - set(names)
     if unknown:
         raise ValueError(f"`paused` names {sorted(unknown)} are not modalities {list(names)}.")
-    if stage == "unimodal" and paused == set(names):
+    if stage == STAGE_UNIMODAL and paused == set(names):
         raise ValueError("`paused` holds every modality: stage 1 would train nothing.")
     return paused
 
@@ -198,7 +198,7 @@ class PausableBranchesMixin:
                 )
     """
 
-    stage: str = "unimodal"
+    stage: str = STAGE_UNIMODAL
     paused: frozenset[str] = frozenset()
 
     def set_training_stage(self, stage: str, paused: Iterable[str] = frozenset()) -> None:
