@@ -71,7 +71,8 @@ def test_bootstrap_replicates_go_to_the_controller_and_intervals_to_the_history(
 
 
 def _basic_interval(estimate, values, level):
-    """``[max(0, 2 theta - q_hi), max(0, 2 theta - q_lo)]``, quantiles interpolated linearly."""
+    """The basic interval widened by 1.5: ``[max(0, theta - 1.5 (q_hi - theta)), max(0, theta -
+    1.5 (q_lo - theta))]``, quantiles interpolated linearly."""
     ordered = sorted(values)
 
     def quantile(q):
@@ -81,7 +82,10 @@ def _basic_interval(estimate, values, level):
         return ordered[below] + (position - below) * (ordered[above] - ordered[below])
 
     low_q, high_q = quantile((1 - level) / 2), quantile((1 + level) / 2)
-    return [max(0.0, 2 * estimate - high_q), max(0.0, 2 * estimate - low_q)]
+    return [
+        max(0.0, estimate - 1.5 * (high_q - estimate)),
+        max(0.0, estimate - 1.5 * (low_q - estimate)),
+    ]
 
 
 def test_a_controller_that_needs_replicates_needs_bootstrap():

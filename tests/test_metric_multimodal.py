@@ -141,9 +141,10 @@ def test_interval_needs_replicates_and_a_level_in_the_unit_interval():
     result = metric.compute()
     with pytest.raises(ValueError, match="needs bootstrap replicates"):
         result.interval(0.9)
-    # Replicates 0..100: q_lo = 5, q_hi = 95, so [max(0, 2 theta - 95), 2 theta - 5].
+    # Replicates 0..100: q_lo = 5, q_hi = 95; the basic interval widened by 1.5 is
+    # [max(0, theta - 1.5 (95 - theta)), theta - 1.5 (5 - theta)].
     replicates = dataclasses.replace(result, synergy=torch.arange(101.0, dtype=torch.float64))
-    for theta, expected in ((60.0, (25.0, 115.0)), (10.0, (0.0, 15.0))):
+    for theta, expected in ((60.0, (7.5, 142.5)), (10.0, (0.0, 17.5))):
         estimate = dataclasses.replace(
             result, synergy=torch.tensor(theta, dtype=torch.float64), replicates=replicates
         )

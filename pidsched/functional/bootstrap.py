@@ -131,15 +131,27 @@ def bootstrap_interval(
             f"Expected argument `replicates` to hold at least 2 replicates to take quantiles of, "
             f"but got {replicate_shape[0]}; use num_bootstrap >= 2 (100 or more in practice)."
         )
-    tail = (1.0 - level) / 2.0
     ends: tuple[dict[str, Tensor], dict[str, Tensor]] = ({}, {})
     for name in INFORMATION_FIELDS:
-        theta = getattr(estimate, name)
-        values = getattr(replicates, name).to(theta.dtype)
-        quantiles = torch.nanquantile(
-            values, torch.tensor([1.0 - tail, tail], dtype=theta.dtype, device=theta.device), dim=0
+        ends[0][name], ends[1][name] = interval_ends(
+            getattr(estimate, name), getattr(replicates, name), level
         )
-        reflected = theta - INFLATION * (quantiles - theta)
-        ends[0][name] = reflected[0].clamp_min(0.0)
-        ends[1][name] = reflected[1].clamp_min(0.0)
     return tuple(PIDResult(**end, gap=estimate.gap, iterations=estimate.iterations) for end in ends)
+
+
+def interval_ends(theta: Tensor, replicates: Tensor, level: float) -> tuple[Tensor, Tensor]:
+    """``(low, high)`` of one quantity: the widened basic interval of :func:`bootstrap_interval`.
+
+    Args:
+        theta: The estimate, shape ``S`` (bits).
+        replicates: Its bootstrap replicates, shape ``(B, *S)``; NaN replicates are ignored.
+        level: Nominal coverage in (0, 1) (checked by the caller).
+
+    Returns:
+        Two tensors of shape ``S``, clamped at 0 (every PID atom is non-negative).
+    """
+    tail = (1.0 - level) / 2.0
+    probabilities = torch.tensor([1.0 - tail, tail], dtype=theta.dtype, device=theta.device)
+    quantiles = torch.nanquantile(replicates.to(theta.dtype), probabilities, dim=0)
+    reflected = theta - INFLATION * (quantiles - theta)
+    return reflected[0].clamp_min(0.0), reflected[1].clamp_min(0.0)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pidsched.functional.bootstrap import check_level
+from pidsched.functional.bootstrap import check_level, interval_ends
 from pidsched.functional.pid import PIDResult
 
 __all__ = [
@@ -153,10 +153,9 @@ def multimodal_bootstrap_interval(
 ) -> tuple[MultimodalPIDResult, MultimodalPIDResult]:
     """Bias-aware bootstrap interval ``(low, high)`` of every atom of ``estimate`` (0-d, bits).
 
-    The same interval as :func:`pidsched.functional.bootstrap_interval` gives a bivariate PID:
-    ``low = max(0, 2 theta - q_hi)``, ``high = max(0, 2 theta - q_lo)`` with ``theta`` the
-    estimate and ``q_lo, q_hi`` the ``(1 -+ level) / 2`` quantiles of its ``(B,)`` replicates
-    (NaN replicates ignored); ``gap`` is the estimate's.
+    The same interval as :func:`pidsched.functional.bootstrap_interval` gives a bivariate PID
+    (:func:`pidsched.functional.bootstrap.interval_ends`, per atom and modality); ``gap`` is the
+    estimate's.
 
     Raises:
         ValueError: ``estimate`` has no replicates, or ``level`` is not in (0, 1).
@@ -167,12 +166,9 @@ def multimodal_bootstrap_interval(
         raise ValueError(
             "interval() needs bootstrap replicates: build the pair metrics with num_bootstrap > 0."
         )
-    tail = (1.0 - level) / 2.0
 
     def ends(theta: Tensor, values: Tensor) -> tuple[Tensor, Tensor]:
-        probabilities = torch.tensor([1.0 - tail, tail], dtype=theta.dtype, device=theta.device)
-        quantiles = torch.nanquantile(values.to(theta.dtype), probabilities, dim=0)
-        return (2 * theta - quantiles[0]).clamp_min(0.0), (2 * theta - quantiles[1]).clamp_min(0.0)
+        return interval_ends(theta, values, level)
 
     def per_modality(field: str) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         thetas, values = getattr(estimate, field), getattr(replicates, field)
