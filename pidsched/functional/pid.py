@@ -55,6 +55,10 @@ _WARM_SLACK_MIN = 1e-9  # ... and at least
 _MAX_HALVINGS = 30  # step halvings of the merit line search
 _CHUNK_BYTES = 8 * 2**20  # batch chunk: bytes of one (K1, K2, Ky, Ky) Newton temporary
 _STALL_LIMIT = 8  # certificates without progress after which a solve stops short of tol
+_MAX_CG = 500  # conjugate-gradient iterations per Newton solve of the iterative path
+METHODS = ("auto", "dense", "iterative")
+_TINY_MASS = 1e-11  # marginal mass below which a cell is removed before solving (recertified)
+_DENSE_MAX_DUALS = 600  # reduced Newton system size up to which "auto" factorises it densely
 
 
 @dataclass
@@ -148,6 +152,7 @@ def pid(
     max_iter: int = 200,
     warm_start: PIDResult | None = None,
     dtype: torch.dtype = torch.float64,
+    method: str = "auto",
 ) -> PIDResult:
     """Bivariate BROJA partial information decomposition of ``joint``.
 
@@ -182,12 +187,14 @@ def pid(
         raise ValueError(f"`tol` must be a positive number of bits, got {tol}")
     if max_iter < 1:
         raise ValueError(f"`max_iter` must be at least 1, got {max_iter}")
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
     p = normalise_joint(joint, dtype)
     *batch, k1, k2, ky = p.shape
     warm = _warm_duals(warm_start, p.shape)
 
     flat = p.detach().reshape(-1, k1, k2, ky)
-    solution = _solve_in_chunks(flat, tol * LN2, max_iter, warm)
+    solution = _solve_robustly(flat, tol * LN2, max_iter, warm, _choose_method(method, p.shape))
     a = solution.a.reshape(*batch, k1, ky)
     b = solution.b.reshape(*batch, k2, ky)
 
@@ -223,6 +230,86 @@ def pid(
         dual_2=b,
         pair_mass=solution.pair_mass.reshape(*batch, k1, k2),
     )
+
+
+def _choose_method(method: str, shape: torch.Size) -> str:
+    """The Newton path: dense below ``_DENSE_MAX_DUALS`` reduced duals, iterative above."""
+    if method != "auto":
+        return method
+    *_, k1, k2, ky = shape
+    return "dense" if min(k1, k2) * ky <= _DENSE_MAX_DUALS else "iterative"
+
+
+def _solve_robustly(
+    p: Tensor, tol: float, max_iter: int, warm: tuple[Tensor, Tensor, Tensor] | None, method: str
+) -> _DualSolution:
+    """Solve with the cells of tiny marginal mass removed, certify on the original ``p``.
+
+    A marginal cell below ``_TINY_MASS`` (e.g. a softmax probability of 1e-17) makes the Newton
+    matrices singular in float64 long before the certificate is reached. The solve runs on ``p``
+    with those cells zeroed; the duals are then extended to the removed cells
+    (:func:`_extend_duals`) and the certificate is recomputed for the original ``p``, so it stays
+    a true bound. Where that bound misses ``tol`` (the removed mass mattered), the original ``p``
+    is solved as it is and the better certificate is kept.
+    """
+    pruned = _without_tiny_cells(p)
+    if pruned is None:
+        return _solve_in_chunks(p, tol, max_iter, warm, method)
+    solution = _recertify(p, _solve_in_chunks(pruned, tol, max_iter, warm, method))
+    missed = solution.gap > tol
+    if bool(missed.any()):
+        sub_warm = None if warm is None else tuple(w[missed] for w in warm)
+        direct = _solve_in_chunks(p[missed], tol, max_iter, sub_warm, method)
+        better = torch.zeros_like(missed)
+        better[missed] = direct.gap < solution.gap[missed]
+        chosen = better[missed]
+        for name in ("a", "b", "pair_mass", "gap"):
+            getattr(solution, name)[better] = getattr(direct, name)[chosen]
+        solution.iterations += direct.iterations
+    return solution
+
+
+def _without_tiny_cells(p: Tensor) -> Tensor | None:
+    """``p (B, K1, K2, Ky)`` with every cell whose ``p(x1, y)`` or ``p(x2, y)`` is positive but
+    below ``_TINY_MASS`` set to 0 (then renormalised); ``None`` where there is no such cell."""
+    p1, p2 = p.sum(2), p.sum(1)
+    tiny_1, tiny_2 = (p1 > 0) & (p1 < _TINY_MASS), (p2 > 0) & (p2 < _TINY_MASS)
+    if not bool(tiny_1.any() | tiny_2.any()):
+        return None
+    removed = tiny_1[:, :, None, :] | tiny_2[:, None, :, :]
+    pruned = p.masked_fill(removed, 0.0)
+    total = pruned.sum((1, 2, 3), keepdim=True)
+    # A distribution made only of tiny cells keeps them all (it is then a scaled ordinary one).
+    return torch.where(total > 0, pruned / total.clamp_min(1e-300), p)
+
+
+def _extend_duals(a: Tensor, b: Tensor, p1: Tensor, p2: Tensor) -> tuple[Tensor, Tensor]:
+    """Finite duals for the cells a pruned solve left at ``-inf`` although their mass is positive.
+
+    ``a(x1, y) = log p(x1, y) - max_x2 b(x2, y)``, then
+    ``b(x2, y) = log p(x2, y) - max_x1 a(x1, y)``, so each new term ``exp(a + b)`` of a pair
+    constraint is at most the removed cell's marginal mass: the row shift that restores
+    feasibility and the cells' share of ``g`` both cost only about that mass times its log.
+    """
+    finite_b = torch.where(torch.isfinite(b), b, -math.inf).amax(1, keepdim=True)
+    top_b = torch.where(torch.isfinite(finite_b), finite_b, 0.0)
+    missing_a = (p1 > 0) & ~torch.isfinite(a)
+    a = torch.where(missing_a, torch.log(p1.clamp_min(1e-300)) - top_b, a)
+    finite_a = torch.where((p1 > 0) & torch.isfinite(a), a, -math.inf).amax(1, keepdim=True)
+    top_a = torch.where(torch.isfinite(finite_a), finite_a, 0.0)
+    missing_b = (p2 > 0) & ~torch.isfinite(b)
+    b = torch.where(missing_b, torch.log(p2.clamp_min(1e-300)) - top_a, b)
+    return a, b
+
+
+def _recertify(p: Tensor, solution: _DualSolution) -> _DualSolution:
+    """The certificate of a pruned solve's point, for the original ``p`` (duals extended)."""
+    prob = _Problem.from_joint(p)
+    a, b = _extend_duals(solution.a, solution.b, prob.p1, prob.p2)
+    a = a.masked_fill(prob.p1 <= 0, -math.inf)
+    b = b.masked_fill(prob.p2 <= 0, -math.inf)
+    a_feasible, gap = _certify(a, b, solution.pair_mass, prob)
+    return _DualSolution(a_feasible, b, solution.pair_mass, gap, solution.iterations)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -450,6 +537,117 @@ def _factorise_newton(
     return _NewtonFactor(chol_a, w, _cholesky(schur))
 
 
+@dataclass
+class _IterativeNewton:
+    """The Newton matrix ``M = [[A, C], [C^T, D]]`` in ``(a, b)`` kept matrix-free.
+
+    Only the ``Ky x Ky`` diagonal blocks of ``A`` (per ``x1``) and ``D`` (per ``x2``) are formed and
+    factorised; the Schur complement ``S = D - C^T A^{-1} C`` is solved by conjugate gradients
+    preconditioned by ``D``'s blocks. ``C v`` and ``C^T w`` are one pass over the pairs each (every
+    ``(x1, x2)`` block of ``C`` is ``Q diag(r) + kappa r r^T``), so an iteration costs
+    ``O(K1 K2 Ky)`` instead of the dense path's ``O((K2 Ky)^3)``.
+    """
+
+    cond: Tensor  # (B, K1, K2, Ky) r
+    mass_cond: Tensor  # (B, K1, K2, Ky) Q r
+    kappa: Tensor  # (B, K1, K2) Q / s - Q
+    chol_a: Tensor  # (B, K1, Ky, Ky)
+    chol_d: Tensor  # (B, K2, Ky, Ky)
+    free_b: Tensor  # (B, K2, Ky) 0/1
+    forcing: Tensor  # (B,) relative residual at which CG stops
+    max_cg: int
+    guess: Tensor | None = None  # the previous solve's db: a close start for the corrector
+    cg_iterations: int = 0
+
+    def _coupling(self, v: Tensor) -> Tensor:
+        """``C v`` for ``v`` shaped like ``b``: ``(B, K1, Ky)``."""
+        weight = self.kappa * torch.einsum("bijy,bjy->bij", self.cond, v)
+        return torch.einsum("bijy,bij->biy", self.cond, weight) + torch.einsum(
+            "bijy,bjy->biy", self.mass_cond, v
+        )
+
+    def _coupling_t(self, w: Tensor) -> Tensor:
+        """``C^T w`` for ``w`` shaped like ``a``: ``(B, K2, Ky)``."""
+        weight = self.kappa * torch.einsum("bijy,biy->bij", self.cond, w)
+        return torch.einsum("bijy,bij->bjy", self.cond, weight) + torch.einsum(
+            "bijy,biy->bjy", self.mass_cond, w
+        )
+
+    def _solve_a(self, rhs: Tensor) -> Tensor:
+        return torch.cholesky_solve(rhs[..., None], self.chol_a)[..., 0]
+
+    def _schur(self, v: Tensor) -> Tensor:
+        v = v * self.free_b
+        d_v = (self.chol_d @ (self.chol_d.mT @ v[..., None]))[..., 0]
+        return d_v - self._coupling_t(self._solve_a(self._coupling(v))) * self.free_b
+
+    def _precondition(self, r: Tensor) -> Tensor:
+        return torch.cholesky_solve(r[..., None], self.chol_d)[..., 0]
+
+    def solve(self, rhs_a: Tensor, rhs_b: Tensor) -> tuple[Tensor, Tensor]:
+        """``M^{-1} (rhs_a, rhs_b)`` up to the relative residual ``forcing`` on the Schur system."""
+        u = self._solve_a(rhs_a)
+        rhs = (rhs_b - self._coupling_t(u)) * self.free_b
+        db = self._conjugate_gradients(rhs)
+        self.guess = db
+        da = self._solve_a(rhs_a - self._coupling(db))
+        return da, db
+
+    def _conjugate_gradients(self, rhs: Tensor) -> Tensor:
+        """Preconditioned CG on ``S x = rhs``, batched; each distribution stops at its own
+        residual ``forcing * |rhs|`` (its later updates are multiplied by 0)."""
+        dims = (1, 2)
+        x = torch.zeros_like(rhs) if self.guess is None else self.guess.clone()
+        residual = rhs - self._schur(x) if self.guess is not None else rhs.clone()
+        target = (self.forcing * rhs.norm(dim=dims)).square()
+        z = self._precondition(residual)
+        direction = z.clone()
+        rz = (residual * z).sum(dims)
+        for step in range(self.max_cg):
+            active = residual.square().sum(dims) > target
+            if step % 4 == 0 and not bool(active.any()):
+                break
+            s_dir = self._schur(direction)
+            curvature = (direction * s_dir).sum(dims)
+            alpha = torch.where(active & (curvature > 0), rz / curvature.clamp_min(1e-300), 0.0)
+            x = x + alpha[:, None, None] * direction
+            residual = residual - alpha[:, None, None] * s_dir
+            z = self._precondition(residual)
+            rz_next = (residual * z).sum(dims)
+            beta = rz_next / rz.clamp_min(1e-300)
+            direction = z + beta[:, None, None] * direction
+            rz = rz_next
+            self.cg_iterations += 1
+        return x * self.free_b
+
+
+def _iterative_newton(
+    cond: Tensor, pair_mass: Tensor, mass_per_slack: Tensor, prob: _Problem, forcing: Tensor
+) -> _IterativeNewton:
+    """Factorise the diagonal blocks of the Newton matrix (see :func:`_factorise_newton`)."""
+    kappa = mass_per_slack - pair_mass
+    mass_cond = pair_mass[..., None] * cond
+    weighted = kappa[..., None] * cond
+    a_blocks = torch.einsum("bijy,bijz->biyz", weighted, cond)
+    a_blocks.diagonal(dim1=-2, dim2=-1).add_(mass_cond.sum(2))
+    d_blocks = torch.einsum("bijy,bijz->bjyz", weighted, cond)
+    d_blocks.diagonal(dim1=-2, dim2=-1).add_(mass_cond.sum(1))
+    if prob.frozen_a is not None:
+        a_blocks = a_blocks + prob.frozen_a
+    keep = prob.free_b[..., :, None] * prob.free_b[..., None, :]
+    d_blocks = d_blocks * keep + torch.diag_embed(1 - prob.free_b)
+    return _IterativeNewton(
+        cond,
+        mass_cond,
+        kappa,
+        _cholesky(a_blocks),
+        _cholesky(d_blocks),
+        prob.free_b,
+        forcing,
+        _MAX_CG,
+    )
+
+
 def _cholesky(matrix: Tensor) -> Tensor:
     chol, info = torch.linalg.cholesky_ex(matrix)
     failed = info > 0
@@ -579,20 +777,21 @@ def _take_step(a, b, slack, pair_mass, da, db, ds, dq, primal_step, dual_step):
 
 
 def _solve_in_chunks(
-    p: Tensor, tol: float, max_iter: int, warm: tuple[Tensor, Tensor, Tensor] | None
+    p: Tensor, tol: float, max_iter: int, warm: tuple[Tensor, Tensor, Tensor] | None, method: str
 ) -> _DualSolution:
     """Solve a batch in chunks whose Newton temporaries stay near ``_CHUNK_BYTES``: one huge batch
     is memory-bound and slower per distribution than several cache-sized ones."""
     bsz, k1, k2, ky = p.shape
     chunk = max(1, _CHUNK_BYTES // (k1 * k2 * ky * ky * p.element_size()))
     if bsz <= chunk:
-        return _solve_dual(p, tol, max_iter, warm)
+        return _solve_dual(p, tol, max_iter, warm, method)
     parts = [
         _solve_dual(
             p[start : start + chunk],
             tol,
             max_iter,
             None if warm is None else tuple(w[start : start + chunk] for w in warm),
+            method,
         )
         for start in range(0, bsz, chunk)
     ]
@@ -606,7 +805,7 @@ def _solve_in_chunks(
 
 
 def _solve_dual(
-    p: Tensor, tol: float, max_iter: int, warm: tuple[Tensor, Tensor, Tensor] | None
+    p: Tensor, tol: float, max_iter: int, warm: tuple[Tensor, Tensor, Tensor] | None, method: str
 ) -> _DualSolution:
     """Solve, warm-started where given; a warm start that fails to certify is redone cold.
 
@@ -615,16 +814,18 @@ def _solve_dual(
     """
     if p.shape[2] > p.shape[1]:
         swapped_warm = None if warm is None else (warm[1], warm[0], warm[2].transpose(1, 2))
-        swapped = _solve_dual(p.transpose(1, 2), tol, max_iter, swapped_warm)
+        swapped = _solve_dual(p.transpose(1, 2), tol, max_iter, swapped_warm, method)
         return _DualSolution(
             swapped.b, swapped.a, swapped.pair_mass.transpose(1, 2), swapped.gap, swapped.iterations
         )
     # A warm start that needs many iterations started far from the new optimum: cut it short.
-    solution = _interior_point(p, tol, min(max_iter, _WARM_MAX_ITER) if warm else max_iter, warm)
+    solution = _interior_point(
+        p, tol, min(max_iter, _WARM_MAX_ITER) if warm else max_iter, warm, method
+    )
     failed = solution.gap > tol
     if warm is None or not failed.any():
         return solution
-    cold = _interior_point(p[failed], tol, max_iter, None)
+    cold = _interior_point(p[failed], tol, max_iter, None, method)
     for name in ("a", "b", "pair_mass", "gap"):
         getattr(solution, name)[failed] = getattr(cold, name)
     solution.iterations += cold.iterations
@@ -632,7 +833,7 @@ def _solve_dual(
 
 
 def _interior_point(
-    p: Tensor, tol: float, max_iter: int, warm: tuple[Tensor, Tensor, Tensor] | None
+    p: Tensor, tol: float, max_iter: int, warm: tuple[Tensor, Tensor, Tensor] | None, method: str
 ) -> _DualSolution:
     """Primal-dual interior point (Mehrotra predictor-corrector) on the dual problem.
 
@@ -645,9 +846,7 @@ def _interior_point(
     if warm is None:
         # The conditionally independent coupling: its duals and pair masses satisfy the
         # stationarity equations exactly; only the pair constraints are violated.
-        a, b = _fix_gauge(*_cold_start(prob), prob)
-        pair_mass = prob.p1[:, :, None, :] * prob.p2[:, None, :, :]
-        pair_mass = (pair_mass / prob.p1.sum(1).clamp_min(1e-300)[:, None, None, :]).sum(-1)
+        a, b, pair_mass = _cold_point(prob)
         lse, _ = _pair_conditionals(a, b, prob)
         slack = (-lse).clamp_min(1.0)
     else:
@@ -698,7 +897,13 @@ def _interior_point(
         iterations += 1
 
         mass_per_slack = pair_mass / slack
-        factor = _factorise_newton(cond, pair_mass, mass_per_slack, prob)
+        if method == "dense":
+            factor = _factorise_newton(cond, pair_mass, mass_per_slack, prob)
+        else:
+            forcing = _kkt_merit(residual_dual, residual_pair, complementarity).sqrt()
+            factor = _iterative_newton(
+                cond, pair_mass, mass_per_slack, prob, forcing.clamp(1e-12, 1e-2)
+            )
         args = (cond, pair_mass, slack, mass_per_slack, prob)
         # Predictor: the affine direction towards complementarity 0.
         _, _, dq, ds = _newton_step(factor, residual_dual, residual_pair, complementarity, *args)
@@ -752,4 +957,30 @@ def _interior_point(
                 a, b, slack, pair_mass, da, db, ds, dq, primal_step * scale, dual_step * scale
             )
         a, b, slack, pair_mass = trial
+    uncertified = ~torch.isfinite(best_gap)
+    if bool(uncertified.any()):
+        # Never certified (max_iter reached first): certify the last point, or, where it is not
+        # finite, the cold start; either is a finite, true bound.
+        for point_a, point_b, point_q in ((a, b, pair_mass), _cold_point(prob)):
+            point_a, gap = _certify(point_a, point_b, point_q, prob)
+            better = uncertified & (gap < best_gap)
+            best_a = torch.where(better[:, None, None], point_a, best_a)
+            best_b = torch.where(better[:, None, None], point_b, best_b)
+            best_q = torch.where(better[:, None, None], point_q, best_q)
+            best_gap = torch.where(better, gap, best_gap)
     return _DualSolution(best_a, best_b, best_q, best_gap, iterations)
+
+
+def _cold_point(prob: _Problem) -> tuple[Tensor, Tensor, Tensor]:
+    """Duals and pair masses of the conditionally independent coupling (always finite)."""
+    a, b = _fix_gauge(*_cold_start(prob), prob)
+    pair_mass = prob.p1[:, :, None, :] * prob.p2[:, None, :, :]
+    pair_mass = (pair_mass / prob.p1.sum(1).clamp_min(1e-300)[:, None, None, :]).sum(-1)
+    return a, b, pair_mass
+
+
+def _certify(a: Tensor, b: Tensor, pair_mass: Tensor, prob: _Problem) -> tuple[Tensor, Tensor]:
+    """:func:`_certificate` at any point; a non-finite gap (NaN duals) becomes ``inf``."""
+    lse, cond = _pair_conditionals(a, b, prob)
+    a_feasible, gap = _certificate(a, b, prob.on_pairs(pair_mass), lse, cond, prob)
+    return a_feasible, torch.nan_to_num(gap, nan=math.inf)
