@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
@@ -55,8 +56,9 @@ _WARM_SLACK_MIN = 1e-9  # ... and at least
 _MAX_HALVINGS = 30  # step halvings of the merit line search
 _CHUNK_BYTES = 8 * 2**20  # batch chunk: bytes of one (K1, K2, Ky, Ky) Newton temporary
 _STALL_LIMIT = 8  # certificates without progress after which a solve stops short of tol
-_MAX_CG = 500  # conjugate-gradient iterations per Newton solve of the iterative path
+_MAX_CG = 100  # conjugate-gradient iterations per Newton solve of the iterative path
 METHODS = ("auto", "dense", "iterative")
+_MAX_DUAL_MOVE = 40.0  # nats a dual variable may move in one Newton step
 _TINY_MASS = 1e-11  # marginal mass below which a cell is removed before solving (recertified)
 _DENSE_MAX_DUALS = 600  # reduced Newton system size up to which "auto" factorises it densely
 
@@ -556,8 +558,10 @@ class _IterativeNewton:
     free_b: Tensor  # (B, K2, Ky) 0/1
     forcing: Tensor  # (B,) relative residual at which CG stops
     max_cg: int
+    dense: Callable[[], _NewtonFactor]  # the exact factorisation, built if CG misses its target
     guess: Tensor | None = None  # the previous solve's db: a close start for the corrector
     cg_iterations: int = 0
+    fallback: _NewtonFactor | None = None
 
     def _coupling(self, v: Tensor) -> Tensor:
         """``C v`` for ``v`` shaped like ``b``: ``(B, K1, Ky)``."""
@@ -585,17 +589,26 @@ class _IterativeNewton:
         return torch.cholesky_solve(r[..., None], self.chol_d)[..., 0]
 
     def solve(self, rhs_a: Tensor, rhs_b: Tensor) -> tuple[Tensor, Tensor]:
-        """``M^{-1} (rhs_a, rhs_b)`` up to the relative residual ``forcing`` on the Schur system."""
+        """``M^{-1} (rhs_a, rhs_b)`` up to the relative residual ``forcing`` on the Schur system;
+        exactly (dense factorisation) where CG does not reach it in ``max_cg`` iterations."""
+        if self.fallback is not None:
+            return self.fallback.solve(rhs_a, rhs_b)
         u = self._solve_a(rhs_a)
         rhs = (rhs_b - self._coupling_t(u)) * self.free_b
-        db = self._conjugate_gradients(rhs)
+        db, converged = self._conjugate_gradients(rhs)
+        if not converged:
+            # An inexact step that misses its forcing term may stall the interior point; the
+            # exact one keeps the iteration count of the dense path.
+            self.fallback = self.dense()
+            return self.fallback.solve(rhs_a, rhs_b)
         self.guess = db
         da = self._solve_a(rhs_a - self._coupling(db))
         return da, db
 
-    def _conjugate_gradients(self, rhs: Tensor) -> Tensor:
+    def _conjugate_gradients(self, rhs: Tensor) -> tuple[Tensor, bool]:
         """Preconditioned CG on ``S x = rhs``, batched; each distribution stops at its own
-        residual ``forcing * |rhs|`` (its later updates are multiplied by 0)."""
+        residual ``forcing * |rhs|`` (its later updates are multiplied by 0). Returns ``x`` and
+        whether every distribution reached its residual."""
         dims = (1, 2)
         x = torch.zeros_like(rhs) if self.guess is None else self.guess.clone()
         residual = rhs - self._schur(x) if self.guess is not None else rhs.clone()
@@ -618,7 +631,8 @@ class _IterativeNewton:
             direction = z + beta[:, None, None] * direction
             rz = rz_next
             self.cg_iterations += 1
-        return x * self.free_b
+        converged = not bool((residual.square().sum(dims) > target).any())
+        return x * self.free_b, converged
 
 
 def _iterative_newton(
@@ -645,6 +659,7 @@ def _iterative_newton(
         prob.free_b,
         forcing,
         _MAX_CG,
+        lambda: _factorise_newton(cond, pair_mass, mass_per_slack, prob),
     )
 
 
@@ -656,7 +671,10 @@ def _cholesky(matrix: Tensor) -> Tensor:
         # Only the failed matrices get it: the others' Newton steps stay exact.
         singular = matrix[failed]
         diagonal = singular.diagonal(dim1=-2, dim2=-1)
-        ridge = 1e-12 * diagonal.abs().amax(-1, keepdim=True).expand_as(diagonal)
+        # Relative to each row's own diagonal: rows of tiny mass (1e-8 against 1) would drown in
+        # a ridge scaled by the largest diagonal entry.
+        floor = 1e-30 * diagonal.abs().amax(-1, keepdim=True)
+        ridge = 1e-12 * diagonal.abs() + floor
         chol[failed] = torch.linalg.cholesky_ex(singular + torch.diag_embed(ridge))[0]
     return chol
 
@@ -711,6 +729,10 @@ def _newton_step(
     h = (pair_mass * residual_pair - complementarity) / slack
     ha, hb = _to_dual_space(h, cond)
     da, db = factor.solve(-(residual_dual[0] + ha), -(residual_dual[1] + hb) * prob.free_b)
+    # A cell whose conditional r is tiny (1e-50 where its marginal is 1e-9) has almost no
+    # curvature, and Newton would move its dual by ~1e40 nats, forcing a vanishing step on every
+    # other variable. Cap each dual's move; the pair updates below stay consistent with it.
+    da, db = da.clamp(-_MAX_DUAL_MOVE, _MAX_DUAL_MOVE), db.clamp(-_MAX_DUAL_MOVE, _MAX_DUAL_MOVE)
     # dQ = (Q (J dx + L + s) - complementarity) / s = h + (Q / s) J dx
     dq = torch.addcmul(h, mass_per_slack, _to_pair_space(da, db, cond))
     ds = torch.addcmul(complementarity, slack, dq).div_(pair_mass).neg_()
@@ -902,7 +924,7 @@ def _interior_point(
         else:
             forcing = _kkt_merit(residual_dual, residual_pair, complementarity).sqrt()
             factor = _iterative_newton(
-                cond, pair_mass, mass_per_slack, prob, forcing.clamp(1e-12, 1e-2)
+                cond, pair_mass, mass_per_slack, prob, (1e-2 * forcing).clamp(1e-14, 1e-3)
             )
         args = (cond, pair_mass, slack, mass_per_slack, prob)
         # Predictor: the affine direction towards complementarity 0.
