@@ -60,7 +60,7 @@ _MAX_CG = 100  # conjugate-gradient iterations per Newton solve of the iterative
 METHODS = ("auto", "dense", "iterative")
 _MAX_DUAL_MOVE = 40.0  # nats a dual variable may move in one Newton step
 _TINY_MASS = 1e-11  # marginal mass below which a cell is removed before solving (recertified)
-_DENSE_MAX_DUALS = 600  # reduced Newton system size up to which "auto" factorises it densely
+_DENSE_MAX_DUALS = 16_384  # reduced duals up to which "auto" factorises densely (2 GiB)
 
 
 @dataclass
