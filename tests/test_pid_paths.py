@@ -113,7 +113,7 @@ def test_pruned_solve_is_certified_for_the_original_joint():
     joint = _dirichlet((4, 4, 3), 1.0, 9)
     joint[0, :, 2] = 1e-14  # a tiny p(x1 = 0, y = 2)
     pruned = pid(joint)
-    assert solver._without_tiny_cells(solver.normalise_joint(joint)[None]) is not None
+    assert solver._without_tiny_cells(solver.normalise_joint(joint)[None], 1e-11) is not None
     exact = pid(joint, tol=1e-9, method="dense")
     error = np.abs(_atoms(pruned) - _atoms(exact)).max()
     assert error <= pruned.gap.item() + exact.gap.item()

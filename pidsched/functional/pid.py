@@ -13,9 +13,11 @@ BROJA needs ``V(p) = min_{q in Delta_p} I_q(X1,X2;Y) = H(Y) + min_{q in Delta_p}
 
 with a primal-dual interior point method (Mehrotra predictor-corrector) whose unknowns are the
 ``(K1 + K2) Ky`` duals, one slack ``s = -L`` and one multiplier ``Q(x1, x2)`` per pair; the
-multipliers are the optimal coupling's pair masses ``q*(x1, x2)``. Each iteration factorises one
-Newton matrix in the duals (Schur complement onto the smaller source's ``K Ky`` duals); a merit
-line search on the KKT residual globalises the steps. 5 to 12 iterations from a cold start.
+multipliers are the optimal coupling's pair masses ``q*(x1, x2)``. Each iteration solves one
+Newton system in the duals, reduced by a Schur complement onto the smaller source's ``K Ky``
+duals: factorised densely (``method="dense"``) or by conjugate gradients, matrix-free and
+preconditioned by the diagonal blocks (``method="iterative"``, see :class:`_IterativeNewton`); a
+merit line search on the KKT residual globalises the steps. 5 to 12 iterations from a cold start.
 
 Why the dual: zero pairs of the optimal coupling are merely inactive constraints (first-order
 primal schemes, like the released code's Adam + Sinkhorn, crawl towards them), a previous
@@ -32,6 +34,13 @@ Structural zeros are removed before solving: a cell with ``p1(x1, y) = 0`` or ``
 zero in every ``q`` of ``Delta_p``, so its exponential is dropped from the constraints (its dual
 variable is ``-inf``); labels of zero mass drop out entirely. One dual variable per label is fixed,
 removing the gauge ``a(., y) + c, b(., y) - c`` that leaves everything unchanged.
+
+Tiny masses. Cells whose marginal mass is positive but below ``_TINY_MASS`` (softmax
+probabilities of confident classifiers, 1e-17) are removed before the solve and the certificate
+is recomputed for the original ``p`` with the duals extended to them (:func:`_solve_robustly`);
+where that misses ``tol`` the original ``p`` is solved directly. A solve that never reaches a
+certificate (``max_iter``) certifies its last point or the cold start: ``gap`` is always finite
+and a true bound.
 """
 
 from __future__ import annotations
@@ -60,6 +69,7 @@ _MAX_CG = 100  # conjugate-gradient iterations per Newton solve of the iterative
 METHODS = ("auto", "dense", "iterative")
 _MAX_DUAL_MOVE = 40.0  # nats a dual variable may move in one Newton step
 _TINY_MASS = 1e-11  # marginal mass below which a cell is removed before solving (recertified)
+_SMALL_MASS = 1e-8  # ... and in a last attempt, where neither that nor the direct solve certified
 _DENSE_MAX_DUALS = 16_384  # reduced duals up to which "auto" factorises densely (2 GiB)
 
 
@@ -167,14 +177,21 @@ def pid(
             the solve (they stay feasible whatever the new ``p``), which saves most iterations when
             ``p`` changed little.
         dtype: floating dtype of the arithmetic (float64 by default; float32 cannot certify 1e-7).
+        method: how each Newton system is solved. ``"dense"`` factorises the Schur complement onto
+            the smaller source's ``K Ky`` duals (``O((K Ky)^3)`` per iteration); ``"iterative"``
+            runs conjugate gradients on it matrix-free (``O(K1 K2 Ky)`` per CG step), falling back
+            to the dense factorisation for a Newton step whose CG misses its tolerance in 100
+            steps; ``"auto"`` (default) takes the dense path up to 16,384 reduced duals (a 2 GiB
+            matrix) and the iterative one above. Both certify the same ``gap``.
 
     Returns:
         A :class:`PIDResult` of tensors with the batch shape, in bits. Gradients with respect to
         ``joint`` come from the optimal dual variables (envelope theorem), not from unrolling.
 
     Raises:
-        ValueError: bad ``joint`` (see :func:`normalise_joint`), ``tol <= 0``, ``max_iter < 1`` or a
-            ``warm_start`` of another shape.
+        ValueError: bad ``joint`` (see :func:`normalise_joint`), ``tol <= 0``, ``max_iter < 1``, a
+            ``warm_start`` of another shape, or ``method`` not one of ``"auto"``, ``"dense"``,
+            ``"iterative"``.
 
     Example::
 
@@ -252,30 +269,54 @@ def _solve_robustly(
     with those cells zeroed; the duals are then extended to the removed cells
     (:func:`_extend_duals`) and the certificate is recomputed for the original ``p``, so it stays
     a true bound. Where that bound misses ``tol`` (the removed mass mattered), the original ``p``
-    is solved as it is and the better certificate is kept.
+    is solved as it is; where that misses too, cells below ``_SMALL_MASS`` are removed (a bound
+    near 1e-7 bits rather than none). Each distribution keeps its best certificate.
     """
-    pruned = _without_tiny_cells(p)
-    if pruned is None:
-        return _solve_in_chunks(p, tol, max_iter, warm, method)
-    solution = _recertify(p, _solve_in_chunks(pruned, tol, max_iter, warm, method))
+
+    def direct(q: Tensor, w) -> _DualSolution:
+        return _solve_in_chunks(q, tol, max_iter, w, method)
+
+    def pruned_at(mass: float):
+        def solve(q: Tensor, w) -> _DualSolution | None:
+            pruned = _without_tiny_cells(q, mass)
+            return None if pruned is None else _recertify(q, direct(pruned, w))
+
+        return solve
+
+    first = pruned_at(_TINY_MASS)(p, warm)
+    solution = direct(p, warm) if first is None else _retry(first, p, tol, direct, warm)
+    return _retry(solution, p, tol, pruned_at(_SMALL_MASS), warm)
+
+
+def _retry(
+    solution: _DualSolution,
+    p: Tensor,
+    tol: float,
+    solve: Callable[[Tensor, tuple | None], _DualSolution | None],
+    warm: tuple[Tensor, Tensor, Tensor] | None,
+) -> _DualSolution:
+    """Solve again (``solve(p_missed, warm_missed)``, or ``None`` for no other attempt) the
+    distributions whose gap misses ``tol``; keep whichever certificate is smaller."""
     missed = solution.gap > tol
-    if bool(missed.any()):
-        sub_warm = None if warm is None else tuple(w[missed] for w in warm)
-        direct = _solve_in_chunks(p[missed], tol, max_iter, sub_warm, method)
-        better = torch.zeros_like(missed)
-        better[missed] = direct.gap < solution.gap[missed]
-        chosen = better[missed]
-        for name in ("a", "b", "pair_mass", "gap"):
-            getattr(solution, name)[better] = getattr(direct, name)[chosen]
-        solution.iterations += direct.iterations
+    if not bool(missed.any()):
+        return solution
+    other = solve(p[missed], None if warm is None else tuple(w[missed] for w in warm))
+    if other is None:
+        return solution
+    better = torch.zeros_like(missed)
+    better[missed] = other.gap < solution.gap[missed]
+    chosen = better[missed]
+    for name in ("a", "b", "pair_mass", "gap"):
+        getattr(solution, name)[better] = getattr(other, name)[chosen]
+    solution.iterations += other.iterations
     return solution
 
 
-def _without_tiny_cells(p: Tensor) -> Tensor | None:
+def _without_tiny_cells(p: Tensor, mass: float) -> Tensor | None:
     """``p (B, K1, K2, Ky)`` with every cell whose ``p(x1, y)`` or ``p(x2, y)`` is positive but
-    below ``_TINY_MASS`` set to 0 (then renormalised); ``None`` where there is no such cell."""
+    below ``mass`` set to 0 (then renormalised); ``None`` where there is no such cell."""
     p1, p2 = p.sum(2), p.sum(1)
-    tiny_1, tiny_2 = (p1 > 0) & (p1 < _TINY_MASS), (p2 > 0) & (p2 < _TINY_MASS)
+    tiny_1, tiny_2 = (p1 > 0) & (p1 < mass), (p2 > 0) & (p2 < mass)
     if not bool(tiny_1.any() | tiny_2.any()):
         return None
     removed = tiny_1[:, :, None, :] | tiny_2[:, None, :, :]
