@@ -131,6 +131,9 @@ CVXPY_CASES = [
     ("dense 6x6x6", lambda: _random_joint((6, 6, 6))),
     ("dense 3x7x4 (K1 != K2)", lambda: _random_joint((3, 7, 4))),
     ("peaked 10x10x10", lambda: _random_joint((10, 10, 10), concentration=0.05)),
+    # The largest Clarabel solves in test time (about 6 s on the shared CI machine; 20x20x20
+    # takes a minute).
+    ("dense 14x12x8", lambda: _random_joint((14, 12, 8))),
     ("histogram 8x8x5 of 40 samples", lambda: _sample_histogram((8, 8, 5), 40, seed=1)),
     ("histogram 10x6x6 of 25 samples", lambda: _sample_histogram((10, 6, 6), 25, seed=2)),
     ("zero-mass label and row", lambda: _zero_label_and_row()),
