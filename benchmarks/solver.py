@@ -17,7 +17,9 @@ a fraction of a single solve of the same size.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from _pid_reference import broja_cvxpy
 from adam_sinkhorn import adam_sinkhorn_pid
+from admui import admui_pid
 
 from pidsched.functional import pid
 
@@ -52,7 +55,9 @@ def parse_args(argv=None):
         "--batched-sizes", default="6x6x6,10x10x10,20x20x6,20x20x20", help="sizes timed batched"
     )
     parser.add_argument(
-        "--peers", default="clarabel,scs,adam", help="comma list of clarabel, scs, adam, or none"
+        "--peers",
+        default="clarabel,scs,adam,admui",
+        help="comma list of clarabel, scs, adam, admui, or none",
     )
     parser.add_argument("--device", default="cpu", help="device of the FastPID solves")
     parser.add_argument("--seed", type=int, default=0)
@@ -63,6 +68,13 @@ def parse_args(argv=None):
         help="torch CPU threads (1: like-for-like with the single-threaded conic solvers)",
     )
     parser.add_argument("--quick", action="store_true", help="1 repeat, batch 16 (smoke test)")
+    parser.add_argument(
+        "--scaling",
+        default=None,
+        metavar="KS",
+        help="instead of the tables: time, iterations and peak memory of K^3 cubes, e.g. 8,16,32",
+    )
+    parser.add_argument("--scaling-method", default="auto", help="method of the --scaling solves")
     return parser.parse_args(argv)
 
 
@@ -109,7 +121,16 @@ def single_row(shape, args, generator, peers, device, sync) -> dict:
         "fastpid_iters": ours.iterations,
         "fastpid_gap": float(ours.gap),
     }
+    for path in ("dense", "iterative"):
+        path_time, path_result = timed(lambda m=path: pid(on_device, method=m), args.repeats, sync)
+        row[path] = (path_time, path_result.iterations)
     for peer in peers:
+        if peer == "admui":
+            # Alternating I-projections given twice FastPID's time: if it is still less accurate,
+            # FastPID is at least 2x faster at equal accuracy.
+            peer_atoms, outer = admui_pid(joint, seconds=2 * ours_time)
+            row[peer] = (2 * ours_time, max_error(peer_atoms, reference), outer)
+            continue
         if peer in ("clarabel", "scs") and cells > CVXPY_CELL_LIMIT:
             row[peer] = None
             continue
@@ -146,8 +167,11 @@ def fmt_time(seconds: float) -> str:
 
 
 def print_tables(rows, batched_rows, peers, device) -> None:
-    header = ["size", f"FastPID ({device})", "iters", "err (bits)"]
+    header = ["size", f"FastPID ({device})", "iters", "err (bits)", "dense", "iterative"]
     for peer in peers:
+        if peer == "admui":
+            header += ["admui err at 2x FastPID's time (outer its)"]
+            continue
         header += [f"{peer} time", f"{peer}/FastPID", f"{peer} err"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
@@ -158,7 +182,14 @@ def print_tables(rows, batched_rows, peers, device) -> None:
             str(row["fastpid_iters"]),
             f"{row['fastpid_err']:.1e}",
         ]
+        for path in ("dense", "iterative"):
+            path_time, iters = row[path]
+            cells.append(f"{fmt_time(path_time)} ({iters} it)")
         for peer in peers:
+            if peer == "admui":
+                _, err, outer = row[peer]
+                cells.append(f"{err:.1e} ({outer})")
+                continue
             if row.get(peer) is None:
                 cells += ["not run", "-", "-"]
             else:
@@ -180,8 +211,92 @@ def print_tables(rows, batched_rows, peers, device) -> None:
             )
 
 
+def cuda_column(sizes, batch_sizes, batch: int = 256, repeats: int = 3) -> list[dict]:
+    """FastPID on CUDA: one row per size of ``sizes`` (single solves) and of ``batch_sizes``
+    (batches of ``batch``), each a dict with ``size``, ``batch`` (1 for single solves),
+    ``seconds`` (median per call), ``per_dist_s``, ``iterations``, ``gap`` (largest, bits) and
+    ``err`` (largest atom error against a CPU solve at ``REFERENCE_TOL``). Sizes are tuples or
+    ``"KxKxK"`` strings. Needs ``torch.cuda.is_available()``."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("cuda_column needs a CUDA device; torch.cuda.is_available() is False")
+    generator = np.random.default_rng(0)
+    rows = []
+    for sizes_of_kind, count in ((sizes, None), (batch_sizes, batch)):
+        for size in sizes_of_kind:
+            shape = tuple(int(k) for k in size.split("x")) if isinstance(size, str) else size
+            joint = random_joint(shape, generator, batch=count)
+            on_gpu = joint.cuda()
+            pid(on_gpu)  # warm-up
+            seconds, result = timed(lambda j=on_gpu: pid(j), repeats, torch.cuda.synchronize)
+            reference = as_atoms(pid(joint, tol=REFERENCE_TOL))
+            rows.append(
+                {
+                    "size": "x".join(map(str, shape)),
+                    "batch": count or 1,
+                    "seconds": seconds,
+                    "per_dist_s": seconds / (count or 1),
+                    "iterations": result.iterations,
+                    "gap": float(result.gap.max()),
+                    "err": max_error(as_atoms(result), reference),
+                }
+            )
+    return rows
+
+
+_SCALING_PROBE = """
+import json, resource, sys, time
+import numpy as np, torch
+torch.set_num_threads(1)
+from pidsched.functional import pid
+k, method, tol = int(sys.argv[1]), sys.argv[2], float(sys.argv[3])
+rng = np.random.default_rng(0)
+joint = torch.from_numpy(rng.dirichlet(np.full(k ** 3, 0.5)).reshape(k, k, k))
+start = time.perf_counter()
+result = pid(joint, tol=tol, method=method)
+seconds = time.perf_counter() - start
+print(json.dumps({"k": k, "seconds": seconds, "iterations": result.iterations,
+                  "gap": float(result.gap),
+                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def scaling_rows(ks, method: str = "auto", tol: float = 1e-5) -> list[dict]:
+    """One fresh process per cube ``K^3`` (so that its peak resident memory is its own)."""
+    rows = []
+    for k in ks:
+        out = subprocess.run(
+            [sys.executable, "-c", _SCALING_PROBE, str(k), method, str(tol)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"# done K={k}", file=sys.stderr, flush=True)
+    return rows
+
+
+def print_scaling(rows, method: str) -> None:
+    print(f"| K (K^3 cube, tol 1e-5 bits, method {method}) | time | iterations | gap | peak RSS |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        print(
+            f"| {row['k']} | {fmt_time(row['seconds'])} | {row['iterations']} | "
+            f"{row['gap']:.1e} | {row['peak_mib']:.0f} MiB |"
+        )
+    if len(rows) > 1:
+        slope = np.polyfit(np.log([r["k"] for r in rows]), np.log([r["seconds"] for r in rows]), 1)[
+            0
+        ]
+        print(f"\nfitted log-log slope of time against K: {slope:.2f}")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.scaling:
+        print(f"# command: python benchmarks/solver.py {' '.join(sys.argv[1:])}".rstrip())
+        ks = [int(k) for k in args.scaling.split(",")]
+        print_scaling(scaling_rows(ks, args.scaling_method), args.scaling_method)
+        return
     if args.quick:
         args.repeats, args.batch = 1, 16
     peers = [] if args.peers == "none" else args.peers.split(",")
@@ -202,6 +317,15 @@ def main(argv=None) -> None:
         batched_rows.append(batched_row(shape, args, generator, device, sync))
         print(f"# done batched {size}", file=sys.stderr, flush=True)
     print_tables(rows, batched_rows, peers, device)
+    if torch.cuda.is_available() and device.type != "cuda":
+        print("\n| size | batch | CUDA per call | per distribution | iters | gap | err |")
+        print("|---|---|---|---|---|---|---|")
+        for row in cuda_column(args.sizes.split(","), args.batched_sizes.split(",")):
+            print(
+                f"| {row['size']} | {row['batch']} | {fmt_time(row['seconds'])} | "
+                f"{fmt_time(row['per_dist_s'])} | {row['iterations']} | {row['gap']:.1e} | "
+                f"{row['err']:.1e} |"
+            )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
@@ -14,6 +15,18 @@ from pidsched.functional import PIDResult, pid
 
 ATOMS = ("unique_1", "unique_2", "redundancy", "synergy")
 TOL = 1e-7  # bits, the solver's default
+
+
+@pytest.fixture(autouse=True, params=["dense", "iterative"])
+def newton_path(request, monkeypatch):
+    """Every test runs on both Newton paths: ``method="auto"`` is routed to the one under test."""
+    solver = importlib.import_module("pidsched.functional.pid")
+    monkeypatch.setattr(
+        solver,
+        "_choose_method",
+        lambda method, shape: request.param if method == "auto" else method,
+    )
+    return request.param
 
 
 def _atoms(result: PIDResult) -> np.ndarray:
@@ -118,6 +131,9 @@ CVXPY_CASES = [
     ("dense 6x6x6", lambda: _random_joint((6, 6, 6))),
     ("dense 3x7x4 (K1 != K2)", lambda: _random_joint((3, 7, 4))),
     ("peaked 10x10x10", lambda: _random_joint((10, 10, 10), concentration=0.05)),
+    # The largest Clarabel solves in test time (about 6 s on the shared CI machine; 20x20x20
+    # takes a minute).
+    ("dense 14x12x8", lambda: _random_joint((14, 12, 8))),
     ("histogram 8x8x5 of 40 samples", lambda: _sample_histogram((8, 8, 5), 40, seed=1)),
     ("histogram 10x6x6 of 25 samples", lambda: _sample_histogram((10, 6, 6), 25, seed=2)),
     ("zero-mass label and row", lambda: _zero_label_and_row()),
@@ -243,8 +259,6 @@ def test_batched_equals_looped():
 
 
 def test_large_batches_are_solved_in_chunks_with_the_same_result(monkeypatch):
-    import importlib
-
     solver = importlib.import_module("pidsched.functional.pid")
     torch.manual_seed(12)
     joints = torch.stack([_random_joint((4, 3, 3)) for _ in range(5)])
@@ -259,8 +273,6 @@ def test_a_singular_newton_block_is_ridged_alone(monkeypatch):
     # A batch shares one factorisation call: a ridge for one near-singular matrix used to be
     # added to every matrix of the batch, perturbing the other distributions' Newton steps (the
     # batched benchmark then needed 16 instead of 9 iterations and left one gap above tol).
-    import importlib
-
     solver = importlib.import_module("pidsched.functional.pid")
     torch.manual_seed(13)
     factor = torch.randn(3, 5, 5, dtype=torch.float64)

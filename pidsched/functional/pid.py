@@ -13,9 +13,11 @@ BROJA needs ``V(p) = min_{q in Delta_p} I_q(X1,X2;Y) = H(Y) + min_{q in Delta_p}
 
 with a primal-dual interior point method (Mehrotra predictor-corrector) whose unknowns are the
 ``(K1 + K2) Ky`` duals, one slack ``s = -L`` and one multiplier ``Q(x1, x2)`` per pair; the
-multipliers are the optimal coupling's pair masses ``q*(x1, x2)``. Each iteration factorises one
-Newton matrix in the duals (Schur complement onto the smaller source's ``K Ky`` duals); a merit
-line search on the KKT residual globalises the steps. 5 to 12 iterations from a cold start.
+multipliers are the optimal coupling's pair masses ``q*(x1, x2)``. Each iteration solves one
+Newton system in the duals, reduced by a Schur complement onto the smaller source's ``K Ky``
+duals: factorised densely (``method="dense"``) or by conjugate gradients, matrix-free and
+preconditioned by the diagonal blocks (``method="iterative"``, see :class:`_IterativeNewton`); a
+merit line search on the KKT residual globalises the steps. 5 to 12 iterations from a cold start.
 
 Why the dual: zero pairs of the optimal coupling are merely inactive constraints (first-order
 primal schemes, like the released code's Adam + Sinkhorn, crawl towards them), a previous
@@ -32,12 +34,20 @@ Structural zeros are removed before solving: a cell with ``p1(x1, y) = 0`` or ``
 zero in every ``q`` of ``Delta_p``, so its exponential is dropped from the constraints (its dual
 variable is ``-inf``); labels of zero mass drop out entirely. One dual variable per label is fixed,
 removing the gauge ``a(., y) + c, b(., y) - c`` that leaves everything unchanged.
+
+Tiny masses. Cells whose marginal mass is positive but below ``_TINY_MASS`` (softmax
+probabilities of confident classifiers, 1e-17) are removed before the solve and the certificate
+is recomputed for the original ``p`` with the duals extended to them (:func:`_solve_robustly`);
+where that misses ``tol`` the original ``p`` is solved directly. A solve that never reaches a
+certificate (``max_iter``) certifies its last point or the cold start: ``gap`` is always finite
+and a true bound.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
@@ -55,6 +65,12 @@ _WARM_SLACK_MIN = 1e-9  # ... and at least
 _MAX_HALVINGS = 30  # step halvings of the merit line search
 _CHUNK_BYTES = 8 * 2**20  # batch chunk: bytes of one (K1, K2, Ky, Ky) Newton temporary
 _STALL_LIMIT = 8  # certificates without progress after which a solve stops short of tol
+_MAX_CG = 100  # conjugate-gradient iterations per Newton solve of the iterative path
+METHODS = ("auto", "dense", "iterative")
+_MAX_DUAL_MOVE = 40.0  # nats a dual variable may move in one Newton step
+_TINY_MASS = 1e-11  # marginal mass below which a cell is removed before solving (recertified)
+_SMALL_MASS = 1e-8  # ... and in a last attempt, where neither that nor the direct solve certified
+_DENSE_MAX_DUALS = 16_384  # reduced duals up to which "auto" factorises densely (2 GiB)
 
 
 @dataclass
@@ -167,6 +183,7 @@ def pid(
     max_iter: int = 200,
     warm_start: PIDResult | None = None,
     dtype: torch.dtype = torch.float64,
+    method: str = "auto",
 ) -> PIDResult:
     """Bivariate BROJA partial information decomposition of ``joint``.
 
@@ -179,14 +196,21 @@ def pid(
             the solve (they stay feasible whatever the new ``p``), which saves most iterations when
             ``p`` changed little.
         dtype: floating dtype of the arithmetic (float64 by default; float32 cannot certify 1e-7).
+        method: how each Newton system is solved. ``"dense"`` factorises the Schur complement onto
+            the smaller source's ``K Ky`` duals (``O((K Ky)^3)`` per iteration); ``"iterative"``
+            runs conjugate gradients on it matrix-free (``O(K1 K2 Ky)`` per CG step), falling back
+            to the dense factorisation for a Newton step whose CG misses its tolerance in 100
+            steps; ``"auto"`` (default) takes the dense path up to 16,384 reduced duals (a 2 GiB
+            matrix) and the iterative one above. Both certify the same ``gap``.
 
     Returns:
         A :class:`PIDResult` of tensors with the batch shape, in bits. Gradients with respect to
         ``joint`` come from the optimal dual variables (envelope theorem), not from unrolling.
 
     Raises:
-        ValueError: bad ``joint`` (see :func:`normalise_joint`), ``tol <= 0``, ``max_iter < 1`` or a
-            ``warm_start`` of another shape.
+        ValueError: bad ``joint`` (see :func:`normalise_joint`), ``tol <= 0``, ``max_iter < 1``, a
+            ``warm_start`` of another shape, or ``method`` not one of ``"auto"``, ``"dense"``,
+            ``"iterative"``.
 
     Example::
 
@@ -201,12 +225,14 @@ def pid(
         raise ValueError(f"`tol` must be a positive number of bits, got {tol}")
     if max_iter < 1:
         raise ValueError(f"`max_iter` must be at least 1, got {max_iter}")
+    if method not in METHODS:
+        raise ValueError(f"`method` must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
     p = normalise_joint(joint, dtype)
     *batch, k1, k2, ky = p.shape
     warm = _warm_duals(warm_start, p.shape)
 
     flat = p.detach().reshape(-1, k1, k2, ky)
-    solution = _solve_in_chunks(flat, tol * LN2, max_iter, warm)
+    solution = _solve_robustly(flat, tol * LN2, max_iter, warm, _choose_method(method, p.shape))
     a = solution.a.reshape(*batch, k1, ky)
     b = solution.b.reshape(*batch, k2, ky)
 
@@ -242,6 +268,110 @@ def pid(
         dual_2=b,
         pair_mass=solution.pair_mass.reshape(*batch, k1, k2),
     )
+
+
+def _choose_method(method: str, shape: torch.Size) -> str:
+    """The Newton path: dense below ``_DENSE_MAX_DUALS`` reduced duals, iterative above."""
+    if method != "auto":
+        return method
+    *_, k1, k2, ky = shape
+    return "dense" if min(k1, k2) * ky <= _DENSE_MAX_DUALS else "iterative"
+
+
+def _solve_robustly(
+    p: Tensor, tol: float, max_iter: int, warm: tuple[Tensor, Tensor, Tensor] | None, method: str
+) -> _DualSolution:
+    """Solve with the cells of tiny marginal mass removed, certify on the original ``p``.
+
+    A marginal cell below ``_TINY_MASS`` (e.g. a softmax probability of 1e-17) makes the Newton
+    matrices singular in float64 long before the certificate is reached. The solve runs on ``p``
+    with those cells zeroed; the duals are then extended to the removed cells
+    (:func:`_extend_duals`) and the certificate is recomputed for the original ``p``, so it stays
+    a true bound. Where that bound misses ``tol`` (the removed mass mattered), the original ``p``
+    is solved as it is; where that misses too, cells below ``_SMALL_MASS`` are removed (a bound
+    near 1e-7 bits rather than none). Each distribution keeps its best certificate.
+    """
+
+    def direct(q: Tensor, w) -> _DualSolution:
+        return _solve_in_chunks(q, tol, max_iter, w, method)
+
+    def pruned_at(mass: float):
+        def solve(q: Tensor, w) -> _DualSolution | None:
+            pruned = _without_tiny_cells(q, mass)
+            return None if pruned is None else _recertify(q, direct(pruned, w))
+
+        return solve
+
+    first = pruned_at(_TINY_MASS)(p, warm)
+    solution = direct(p, warm) if first is None else _retry(first, p, tol, direct, warm)
+    return _retry(solution, p, tol, pruned_at(_SMALL_MASS), warm)
+
+
+def _retry(
+    solution: _DualSolution,
+    p: Tensor,
+    tol: float,
+    solve: Callable[[Tensor, tuple | None], _DualSolution | None],
+    warm: tuple[Tensor, Tensor, Tensor] | None,
+) -> _DualSolution:
+    """Solve again (``solve(p_missed, warm_missed)``, or ``None`` for no other attempt) the
+    distributions whose gap misses ``tol``; keep whichever certificate is smaller."""
+    missed = solution.gap > tol
+    if not bool(missed.any()):
+        return solution
+    other = solve(p[missed], None if warm is None else tuple(w[missed] for w in warm))
+    if other is None:
+        return solution
+    better = torch.zeros_like(missed)
+    better[missed] = other.gap < solution.gap[missed]
+    chosen = better[missed]
+    for name in ("a", "b", "pair_mass", "gap"):
+        getattr(solution, name)[better] = getattr(other, name)[chosen]
+    solution.iterations += other.iterations
+    return solution
+
+
+def _without_tiny_cells(p: Tensor, mass: float) -> Tensor | None:
+    """``p (B, K1, K2, Ky)`` with every cell whose ``p(x1, y)`` or ``p(x2, y)`` is positive but
+    below ``mass`` set to 0 (then renormalised); ``None`` where there is no such cell."""
+    p1, p2 = p.sum(2), p.sum(1)
+    tiny_1, tiny_2 = (p1 > 0) & (p1 < mass), (p2 > 0) & (p2 < mass)
+    if not bool(tiny_1.any() | tiny_2.any()):
+        return None
+    removed = tiny_1[:, :, None, :] | tiny_2[:, None, :, :]
+    pruned = p.masked_fill(removed, 0.0)
+    total = pruned.sum((1, 2, 3), keepdim=True)
+    # A distribution made only of tiny cells keeps them all (it is then a scaled ordinary one).
+    return torch.where(total > 0, pruned / total.clamp_min(1e-300), p)
+
+
+def _extend_duals(a: Tensor, b: Tensor, p1: Tensor, p2: Tensor) -> tuple[Tensor, Tensor]:
+    """Finite duals for the cells a pruned solve left at ``-inf`` although their mass is positive.
+
+    ``a(x1, y) = log p(x1, y) - max_x2 b(x2, y)``, then
+    ``b(x2, y) = log p(x2, y) - max_x1 a(x1, y)``, so each new term ``exp(a + b)`` of a pair
+    constraint is at most the removed cell's marginal mass: the row shift that restores
+    feasibility and the cells' share of ``g`` both cost only about that mass times its log.
+    """
+    finite_b = torch.where(torch.isfinite(b), b, -math.inf).amax(1, keepdim=True)
+    top_b = torch.where(torch.isfinite(finite_b), finite_b, 0.0)
+    missing_a = (p1 > 0) & ~torch.isfinite(a)
+    a = torch.where(missing_a, torch.log(p1.clamp_min(1e-300)) - top_b, a)
+    finite_a = torch.where((p1 > 0) & torch.isfinite(a), a, -math.inf).amax(1, keepdim=True)
+    top_a = torch.where(torch.isfinite(finite_a), finite_a, 0.0)
+    missing_b = (p2 > 0) & ~torch.isfinite(b)
+    b = torch.where(missing_b, torch.log(p2.clamp_min(1e-300)) - top_a, b)
+    return a, b
+
+
+def _recertify(p: Tensor, solution: _DualSolution) -> _DualSolution:
+    """The certificate of a pruned solve's point, for the original ``p`` (duals extended)."""
+    prob = _Problem.from_joint(p)
+    a, b = _extend_duals(solution.a, solution.b, prob.p1, prob.p2)
+    a = a.masked_fill(prob.p1 <= 0, -math.inf)
+    b = b.masked_fill(prob.p2 <= 0, -math.inf)
+    a_feasible, gap = _certify(a, b, solution.pair_mass, prob)
+    return _DualSolution(a_feasible, b, solution.pair_mass, gap, solution.iterations)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -469,6 +599,130 @@ def _factorise_newton(
     return _NewtonFactor(chol_a, w, _cholesky(schur))
 
 
+@dataclass
+class _IterativeNewton:
+    """The Newton matrix ``M = [[A, C], [C^T, D]]`` in ``(a, b)`` kept matrix-free.
+
+    Only the ``Ky x Ky`` diagonal blocks of ``A`` (per ``x1``) and ``D`` (per ``x2``) are formed and
+    factorised; the Schur complement ``S = D - C^T A^{-1} C`` is solved by conjugate gradients
+    preconditioned by ``D``'s blocks. ``C v`` and ``C^T w`` are one pass over the pairs each (every
+    ``(x1, x2)`` block of ``C`` is ``Q diag(r) + kappa r r^T``), so an iteration costs
+    ``O(K1 K2 Ky)`` instead of the dense path's ``O((K2 Ky)^3)``.
+    """
+
+    cond: Tensor  # (B, K1, K2, Ky) r
+    mass_cond: Tensor  # (B, K1, K2, Ky) Q r
+    kappa: Tensor  # (B, K1, K2) Q / s - Q
+    chol_a: Tensor  # (B, K1, Ky, Ky)
+    chol_d: Tensor  # (B, K2, Ky, Ky)
+    free_b: Tensor  # (B, K2, Ky) 0/1
+    forcing: Tensor  # (B,) relative residual at which CG stops
+    max_cg: int
+    dense: Callable[[], _NewtonFactor]  # the exact factorisation, built if CG misses its target
+    guess: Tensor | None = None  # the previous solve's db: a close start for the corrector
+    cg_iterations: int = 0
+    fallback: _NewtonFactor | None = None
+
+    def _coupling(self, v: Tensor) -> Tensor:
+        """``C v`` for ``v`` shaped like ``b``: ``(B, K1, Ky)``."""
+        weight = self.kappa * torch.einsum("bijy,bjy->bij", self.cond, v)
+        return torch.einsum("bijy,bij->biy", self.cond, weight) + torch.einsum(
+            "bijy,bjy->biy", self.mass_cond, v
+        )
+
+    def _coupling_t(self, w: Tensor) -> Tensor:
+        """``C^T w`` for ``w`` shaped like ``a``: ``(B, K2, Ky)``."""
+        weight = self.kappa * torch.einsum("bijy,biy->bij", self.cond, w)
+        return torch.einsum("bijy,bij->bjy", self.cond, weight) + torch.einsum(
+            "bijy,biy->bjy", self.mass_cond, w
+        )
+
+    def _solve_a(self, rhs: Tensor) -> Tensor:
+        return torch.cholesky_solve(rhs[..., None], self.chol_a)[..., 0]
+
+    def _schur(self, v: Tensor) -> Tensor:
+        v = v * self.free_b
+        d_v = (self.chol_d @ (self.chol_d.mT @ v[..., None]))[..., 0]
+        return d_v - self._coupling_t(self._solve_a(self._coupling(v))) * self.free_b
+
+    def _precondition(self, r: Tensor) -> Tensor:
+        return torch.cholesky_solve(r[..., None], self.chol_d)[..., 0]
+
+    def solve(self, rhs_a: Tensor, rhs_b: Tensor) -> tuple[Tensor, Tensor]:
+        """``M^{-1} (rhs_a, rhs_b)`` up to the relative residual ``forcing`` on the Schur system;
+        exactly (dense factorisation) where CG does not reach it in ``max_cg`` iterations."""
+        if self.fallback is not None:
+            return self.fallback.solve(rhs_a, rhs_b)
+        u = self._solve_a(rhs_a)
+        rhs = (rhs_b - self._coupling_t(u)) * self.free_b
+        db, converged = self._conjugate_gradients(rhs)
+        if not converged:
+            # An inexact step that misses its forcing term may stall the interior point; the
+            # exact one keeps the iteration count of the dense path.
+            self.fallback = self.dense()
+            return self.fallback.solve(rhs_a, rhs_b)
+        self.guess = db
+        da = self._solve_a(rhs_a - self._coupling(db))
+        return da, db
+
+    def _conjugate_gradients(self, rhs: Tensor) -> tuple[Tensor, bool]:
+        """Preconditioned CG on ``S x = rhs``, batched; each distribution stops at its own
+        residual ``forcing * |rhs|`` (its later updates are multiplied by 0). Returns ``x`` and
+        whether every distribution reached its residual."""
+        dims = (1, 2)
+        x = torch.zeros_like(rhs) if self.guess is None else self.guess.clone()
+        residual = rhs - self._schur(x) if self.guess is not None else rhs.clone()
+        target = (self.forcing * rhs.norm(dim=dims)).square()
+        z = self._precondition(residual)
+        direction = z.clone()
+        rz = (residual * z).sum(dims)
+        for step in range(self.max_cg):
+            active = residual.square().sum(dims) > target
+            if step % 4 == 0 and not bool(active.any()):
+                break
+            s_dir = self._schur(direction)
+            curvature = (direction * s_dir).sum(dims)
+            alpha = torch.where(active & (curvature > 0), rz / curvature.clamp_min(1e-300), 0.0)
+            x = x + alpha[:, None, None] * direction
+            residual = residual - alpha[:, None, None] * s_dir
+            z = self._precondition(residual)
+            rz_next = (residual * z).sum(dims)
+            beta = rz_next / rz.clamp_min(1e-300)
+            direction = z + beta[:, None, None] * direction
+            rz = rz_next
+            self.cg_iterations += 1
+        converged = not bool((residual.square().sum(dims) > target).any())
+        return x * self.free_b, converged
+
+
+def _iterative_newton(
+    cond: Tensor, pair_mass: Tensor, mass_per_slack: Tensor, prob: _Problem, forcing: Tensor
+) -> _IterativeNewton:
+    """Factorise the diagonal blocks of the Newton matrix (see :func:`_factorise_newton`)."""
+    kappa = mass_per_slack - pair_mass
+    mass_cond = pair_mass[..., None] * cond
+    weighted = kappa[..., None] * cond
+    a_blocks = torch.einsum("bijy,bijz->biyz", weighted, cond)
+    a_blocks.diagonal(dim1=-2, dim2=-1).add_(mass_cond.sum(2))
+    d_blocks = torch.einsum("bijy,bijz->bjyz", weighted, cond)
+    d_blocks.diagonal(dim1=-2, dim2=-1).add_(mass_cond.sum(1))
+    if prob.frozen_a is not None:
+        a_blocks = a_blocks + prob.frozen_a
+    keep = prob.free_b[..., :, None] * prob.free_b[..., None, :]
+    d_blocks = d_blocks * keep + torch.diag_embed(1 - prob.free_b)
+    return _IterativeNewton(
+        cond,
+        mass_cond,
+        kappa,
+        _cholesky(a_blocks),
+        _cholesky(d_blocks),
+        prob.free_b,
+        forcing,
+        _MAX_CG,
+        lambda: _factorise_newton(cond, pair_mass, mass_per_slack, prob),
+    )
+
+
 def _cholesky(matrix: Tensor) -> Tensor:
     chol, info = torch.linalg.cholesky_ex(matrix)
     failed = info > 0
@@ -477,7 +731,10 @@ def _cholesky(matrix: Tensor) -> Tensor:
         # Only the failed matrices get it: the others' Newton steps stay exact.
         singular = matrix[failed]
         diagonal = singular.diagonal(dim1=-2, dim2=-1)
-        ridge = 1e-12 * diagonal.abs().amax(-1, keepdim=True).expand_as(diagonal)
+        # Relative to each row's own diagonal: rows of tiny mass (1e-8 against 1) would drown in
+        # a ridge scaled by the largest diagonal entry.
+        floor = 1e-30 * diagonal.abs().amax(-1, keepdim=True)
+        ridge = 1e-12 * diagonal.abs() + floor
         chol[failed] = torch.linalg.cholesky_ex(singular + torch.diag_embed(ridge))[0]
     return chol
 
@@ -532,6 +789,10 @@ def _newton_step(
     h = (pair_mass * residual_pair - complementarity) / slack
     ha, hb = _to_dual_space(h, cond)
     da, db = factor.solve(-(residual_dual[0] + ha), -(residual_dual[1] + hb) * prob.free_b)
+    # A cell whose conditional r is tiny (1e-50 where its marginal is 1e-9) has almost no
+    # curvature, and Newton would move its dual by ~1e40 nats, forcing a vanishing step on every
+    # other variable. Cap each dual's move; the pair updates below stay consistent with it.
+    da, db = da.clamp(-_MAX_DUAL_MOVE, _MAX_DUAL_MOVE), db.clamp(-_MAX_DUAL_MOVE, _MAX_DUAL_MOVE)
     # dQ = (Q (J dx + L + s) - complementarity) / s = h + (Q / s) J dx
     dq = torch.addcmul(h, mass_per_slack, _to_pair_space(da, db, cond))
     ds = torch.addcmul(complementarity, slack, dq).div_(pair_mass).neg_()
@@ -598,20 +859,21 @@ def _take_step(a, b, slack, pair_mass, da, db, ds, dq, primal_step, dual_step):
 
 
 def _solve_in_chunks(
-    p: Tensor, tol: float, max_iter: int, warm: tuple[Tensor, Tensor, Tensor] | None
+    p: Tensor, tol: float, max_iter: int, warm: tuple[Tensor, Tensor, Tensor] | None, method: str
 ) -> _DualSolution:
     """Solve a batch in chunks whose Newton temporaries stay near ``_CHUNK_BYTES``: one huge batch
     is memory-bound and slower per distribution than several cache-sized ones."""
     bsz, k1, k2, ky = p.shape
     chunk = max(1, _CHUNK_BYTES // (k1 * k2 * ky * ky * p.element_size()))
     if bsz <= chunk:
-        return _solve_dual(p, tol, max_iter, warm)
+        return _solve_dual(p, tol, max_iter, warm, method)
     parts = [
         _solve_dual(
             p[start : start + chunk],
             tol,
             max_iter,
             None if warm is None else tuple(w[start : start + chunk] for w in warm),
+            method,
         )
         for start in range(0, bsz, chunk)
     ]
@@ -625,7 +887,7 @@ def _solve_in_chunks(
 
 
 def _solve_dual(
-    p: Tensor, tol: float, max_iter: int, warm: tuple[Tensor, Tensor, Tensor] | None
+    p: Tensor, tol: float, max_iter: int, warm: tuple[Tensor, Tensor, Tensor] | None, method: str
 ) -> _DualSolution:
     """Solve, warm-started where given; a warm start that fails to certify is redone cold.
 
@@ -634,16 +896,18 @@ def _solve_dual(
     """
     if p.shape[2] > p.shape[1]:
         swapped_warm = None if warm is None else (warm[1], warm[0], warm[2].transpose(1, 2))
-        swapped = _solve_dual(p.transpose(1, 2), tol, max_iter, swapped_warm)
+        swapped = _solve_dual(p.transpose(1, 2), tol, max_iter, swapped_warm, method)
         return _DualSolution(
             swapped.b, swapped.a, swapped.pair_mass.transpose(1, 2), swapped.gap, swapped.iterations
         )
     # A warm start that needs many iterations started far from the new optimum: cut it short.
-    solution = _interior_point(p, tol, min(max_iter, _WARM_MAX_ITER) if warm else max_iter, warm)
+    solution = _interior_point(
+        p, tol, min(max_iter, _WARM_MAX_ITER) if warm else max_iter, warm, method
+    )
     failed = solution.gap > tol
     if warm is None or not failed.any():
         return solution
-    cold = _interior_point(p[failed], tol, max_iter, None)
+    cold = _interior_point(p[failed], tol, max_iter, None, method)
     for name in ("a", "b", "pair_mass", "gap"):
         getattr(solution, name)[failed] = getattr(cold, name)
     solution.iterations += cold.iterations
@@ -651,7 +915,7 @@ def _solve_dual(
 
 
 def _interior_point(
-    p: Tensor, tol: float, max_iter: int, warm: tuple[Tensor, Tensor, Tensor] | None
+    p: Tensor, tol: float, max_iter: int, warm: tuple[Tensor, Tensor, Tensor] | None, method: str
 ) -> _DualSolution:
     """Primal-dual interior point (Mehrotra predictor-corrector) on the dual problem.
 
@@ -664,9 +928,7 @@ def _interior_point(
     if warm is None:
         # The conditionally independent coupling: its duals and pair masses satisfy the
         # stationarity equations exactly; only the pair constraints are violated.
-        a, b = _fix_gauge(*_cold_start(prob), prob)
-        pair_mass = prob.p1[:, :, None, :] * prob.p2[:, None, :, :]
-        pair_mass = (pair_mass / prob.p1.sum(1).clamp_min(1e-300)[:, None, None, :]).sum(-1)
+        a, b, pair_mass = _cold_point(prob)
         lse, _ = _pair_conditionals(a, b, prob)
         slack = (-lse).clamp_min(1.0)
     else:
@@ -717,7 +979,13 @@ def _interior_point(
         iterations += 1
 
         mass_per_slack = pair_mass / slack
-        factor = _factorise_newton(cond, pair_mass, mass_per_slack, prob)
+        if method == "dense":
+            factor = _factorise_newton(cond, pair_mass, mass_per_slack, prob)
+        else:
+            forcing = _kkt_merit(residual_dual, residual_pair, complementarity).sqrt()
+            factor = _iterative_newton(
+                cond, pair_mass, mass_per_slack, prob, (1e-2 * forcing).clamp(1e-14, 1e-3)
+            )
         args = (cond, pair_mass, slack, mass_per_slack, prob)
         # Predictor: the affine direction towards complementarity 0.
         _, _, dq, ds = _newton_step(factor, residual_dual, residual_pair, complementarity, *args)
@@ -771,4 +1039,30 @@ def _interior_point(
                 a, b, slack, pair_mass, da, db, ds, dq, primal_step * scale, dual_step * scale
             )
         a, b, slack, pair_mass = trial
+    uncertified = ~torch.isfinite(best_gap)
+    if bool(uncertified.any()):
+        # Never certified (max_iter reached first): certify the last point, or, where it is not
+        # finite, the cold start; either is a finite, true bound.
+        for point_a, point_b, point_q in ((a, b, pair_mass), _cold_point(prob)):
+            point_a, gap = _certify(point_a, point_b, point_q, prob)
+            better = uncertified & (gap < best_gap)
+            best_a = torch.where(better[:, None, None], point_a, best_a)
+            best_b = torch.where(better[:, None, None], point_b, best_b)
+            best_q = torch.where(better[:, None, None], point_q, best_q)
+            best_gap = torch.where(better, gap, best_gap)
     return _DualSolution(best_a, best_b, best_q, best_gap, iterations)
+
+
+def _cold_point(prob: _Problem) -> tuple[Tensor, Tensor, Tensor]:
+    """Duals and pair masses of the conditionally independent coupling (always finite)."""
+    a, b = _fix_gauge(*_cold_start(prob), prob)
+    pair_mass = prob.p1[:, :, None, :] * prob.p2[:, None, :, :]
+    pair_mass = (pair_mass / prob.p1.sum(1).clamp_min(1e-300)[:, None, None, :]).sum(-1)
+    return a, b, pair_mass
+
+
+def _certify(a: Tensor, b: Tensor, pair_mass: Tensor, prob: _Problem) -> tuple[Tensor, Tensor]:
+    """:func:`_certificate` at any point; a non-finite gap (NaN duals) becomes ``inf``."""
+    lse, cond = _pair_conditionals(a, b, prob)
+    a_feasible, gap = _certificate(a, b, prob.on_pairs(pair_mass), lse, cond, prob)
+    return a_feasible, torch.nan_to_num(gap, nan=math.inf)
