@@ -1,4 +1,4 @@
-"""The released code's PID solver, reimplemented from METHOD.md section 3 as a benchmark peer.
+"""The released code's PID solver as a benchmark peer (docs/method.md, "The released code").
 
 Start from the conditionally independent coupling ``q0 = p(x1,y) p(x2,y) / p(y)``; optimise logits
 of ``q`` with Adam (lr 0.1); each step takes a softmax, then 10 Sinkhorn sweeps onto the two

@@ -1,10 +1,10 @@
 """Independent reference PID solver, for the tests and ``benchmarks/solver.py`` (not shipped).
 
-`broja_cvxpy` states the BROJA problem (METHOD.md section 2) directly as a convex program and
-hands it to a generic conic solver through CVXPY. It shares no code with
-:func:`pidsched.functional.pid`, which is what makes it a useful oracle. CVXPY is a development
-dependency (``pip install ".[dev]"``), which is why this module lives in ``tests/`` and
-not in the wheel.
+`broja_cvxpy` states the BROJA problem (docs/method.md, "Partial information decomposition")
+directly as a convex program and hands it to a generic conic solver through CVXPY. It shares no code
+with :func:`pidsched.functional.pid`, which is what makes it a useful oracle. CVXPY is a development
+dependency (``pip install ".[dev]"``), which is why this module lives in ``tests/`` and not in the
+wheel.
 """
 
 from __future__ import annotations

@@ -85,7 +85,8 @@ def test_unq2_is_not_swapped():
 
 
 def test_and_beats_the_released_codes_starting_point():
-    # METHOD.md: the conditionally independent coupling gives R 0.08 on AND; the optimum is 0.311.
+    # docs/method.md, "The released code": the conditionally independent coupling gives R 0.08
+    # on AND; the optimum is 0.311.
     result = pid(ORACLES["AND"][0])
     assert result.redundancy.item() == pytest.approx(0.311278, abs=1e-6)
 

@@ -1,6 +1,6 @@
 """Audio-visual DataModules (CREMA-D, AVE, Kinetics-Sounds) with the standard preprocessing.
 
-The pipeline of the OGM-GE lineage (METHOD.md section 5):
+The pipeline of the OGM-GE lineage (docs/method.md, "The audio-visual pipeline"):
 
 * **audio** - a wav file, mixed to mono, resampled to 22,050 Hz, tiled to 3 s, clipped to
   [-1, 1]; STFT with ``n_fft=512``, ``hop_length=353`` (Hann window, centred with zero

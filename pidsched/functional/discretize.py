@@ -5,10 +5,10 @@ Two discretisations are provided:
 - ``joint_from_logits``: each modality's class logits are the source symbols. "soft" spreads every
   sample over all symbol pairs by its class posteriors, ``sum_n softmax(z1_n) x softmax(z2_n) x
   onehot(y_n)``; "hard" counts argmax predictions. This is pidsched's default.
-- ``joint_from_features``: the released paper code's recipe (METHOD.md section 3): each modality's
-  embedding is L2 normalised, projected by PCA and clustered by k-means; cluster ids are the source
-  symbols. ``pca_project`` and ``kmeans`` are plain, deterministic PyTorch and run on the input's
-  device.
+- ``joint_from_features``: the released paper code's recipe (docs/method.md, "The released code"):
+  each modality's embedding is L2 normalised, projected by PCA and clustered by k-means; cluster ids
+  are the source symbols. ``pca_project`` and ``kmeans`` are plain, deterministic PyTorch and run on
+  the input's device.
 
 Every joint is an unnormalised count tensor shaped ``(K1, K2, Ky)`` in float64 (source 1 symbol,
 source 2 symbol, label). The private helpers follow torchmetrics' functional layout (argument
@@ -535,7 +535,7 @@ def cluster_features(
     """The released paper code's discretisation of one modality's embeddings.
 
     L2 normalise each sample, project onto ``num_components`` principal axes, cluster with
-    ``kmeans(num_clusters, seed)`` (METHOD.md section 3).
+    ``kmeans(num_clusters, seed)`` (docs/method.md, "The released code").
 
     Args:
         features: ``(N, D)`` embeddings, ``N >= num_clusters`` and ``min(N, D) >= num_components``.

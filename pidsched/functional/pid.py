@@ -1,8 +1,8 @@
 """Exact, certified, batched and differentiable bivariate PID (BROJA definition).
 
-Notation (METHOD.md section 2). A joint distribution ``p`` is a tensor shaped
-``(..., K1, K2, Ky)``: source 1 symbol ``x1``, source 2 symbol ``x2``, label ``y``; leading dims
-are a batch. Its pairwise marginals are ``p1 = p(x1, y)`` shaped ``(..., K1, Ky)`` and
+Notation (docs/method.md, "Partial information decomposition"). A joint distribution ``p`` is a
+tensor shaped ``(..., K1, K2, Ky)``: source 1 symbol ``x1``, source 2 symbol ``x2``, label ``y``;
+leading dims are a batch. Its pairwise marginals are ``p1 = p(x1, y)`` shaped ``(..., K1, Ky)`` and
 ``p2 = p(x2, y)`` shaped ``(..., K2, Ky)``.
 
 BROJA needs ``V(p) = min_{q in Delta_p} I_q(X1,X2;Y) = H(Y) + min_{q in Delta_p} f(q)`` with

@@ -339,7 +339,7 @@ class ClusteredFastPID(_PIDMetric):
 
     Each modality's features are L2 normalised, projected by PCA(``num_components``) and clustered
     by a deterministic k-means(``num_clusters``); the joint counts (cluster 1, cluster 2, label)
-    and is decomposed with :func:`pidsched.functional.pid` (METHOD.md section 3).
+    and is decomposed with :func:`pidsched.functional.pid` (docs/method.md, "The released code").
 
     Unlike :class:`FastPID`, the states are ``"cat"`` lists of all features and targets: PCA and
     k-means must see the whole probe set at once, and no fixed-size sufficient statistic gives

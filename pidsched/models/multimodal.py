@@ -52,7 +52,7 @@ from pidsched.stages import STAGE_JOINT, STAGE_UNIMODAL
 
 __all__ = ["STAGE1_OPTIMIZER", "STAGE2_OPTIMIZER", "MultimodalClassifier"]
 
-# The paper's settings (METHOD.md section 3).
+# The paper's settings (docs/method.md, "The released code").
 STAGE1_OPTIMIZER: dict[str, Any] = {
     "name": "SGD",
     "lr": 1e-2,
