@@ -37,11 +37,45 @@ from pathlib import Path
 
 RUNS_DIR = Path(__file__).resolve().parent / "runs"
 # Table rows: a schedule config of conf/schedule/, or a name with the overrides it stands for.
-SCHEDULES = ("joint", "joint_fused", "fixed", "ogm_ge", "mi", "pid_paper", "pid")
+SCHEDULES = (
+    "joint",
+    "joint_fused",
+    "fixed",
+    "ogm_ge",
+    "mi",
+    "pid_paper",
+    "pid",
+    *("pid_point", "pid_conf", "pid_persist", "pid_conf_persist"),
+)
+# The evidence options of PIDController tried as candidates for the default (issue 11).
+CONFIDENCE = 0.9  # share of bootstrap replicates a pause or a synergy drop must hold on
+PERSISTENCE = 3  # consecutive probes a pause change or a synergy drop must hold on
+NUM_BOOTSTRAP = 50  # replicates per probe for the confidence variants
+
+
+def pid_variant(confidence: float | None, persistence: int) -> tuple[str, ...]:
+    """``schedule=pid`` with the controller's evidence options set explicitly."""
+    overrides = [
+        "schedule=pid",
+        f"schedule.controller.confidence={'null' if confidence is None else confidence}",
+        f"schedule.controller.persistence={persistence}",
+    ]
+    if confidence is not None:
+        overrides.append(f"++schedule.num_bootstrap={NUM_BOOTSTRAP}")
+    return tuple(overrides)
+
+
 SCHEDULE_OVERRIDES = {
     # Joint training on the fused loss alone (no unimodal terms): the loss OGM-GE trains with,
     # and the usual setting in which modality competition is reported.
     "joint_fused": ("schedule=joint", "model.unimodal_weight=0"),
+    # The candidates for pidsched's default, independent of what conf/schedule/pid.yaml ships:
+    # the point-estimate rules (the default before issue 11), confidence only, persistence
+    # only, both.
+    "pid_point": pid_variant(None, 1),
+    "pid_conf": pid_variant(CONFIDENCE, 1),
+    "pid_persist": pid_variant(None, PERSISTENCE),
+    "pid_conf_persist": pid_variant(CONFIDENCE, PERSISTENCE),
 }
 BASELINE = "joint"
 # Switches every row off the things the table does not read: curves, loggers, progress bars.
@@ -53,8 +87,8 @@ QUIET_OVERRIDES = (
 )
 # Smoke runs have one unimodal epoch, fewer than the controllers' default minimum.
 QUICK_SCHEDULE_OVERRIDES = {
-    "mi": ("schedule.controller.min_unimodal_epochs=1",),
-    "pid": ("schedule.controller.min_unimodal_epochs=1",),
+    name: ("schedule.controller.min_unimodal_epochs=1",)
+    for name in ("mi", "pid", "pid_point", "pid_conf", "pid_persist", "pid_conf_persist")
 }
 
 

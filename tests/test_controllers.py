@@ -52,7 +52,7 @@ def test_pause_the_dominant_modality_and_unpause_when_the_ratio_returns():
 
 
 def test_floor_avoids_division_by_zero_uniqueness():
-    controller = PIDController(uniqueness_floor=0.01, max_switches=0)
+    controller = PIDController(floor=0.01, max_switches=0)
     assert controller.decide(1, probe({"a": 0.0, "b": 0.0}, 0.0)).paused == frozenset()
     assert controller.decide(2, probe({"a": 0.02, "b": 0.0}, 0.0)).paused == frozenset()
     assert controller.decide(3, probe({"a": 0.04, "b": 0.0}, 0.0)).paused == {"a"}
@@ -159,8 +159,8 @@ def test_fixed_and_joint_controllers_measure_nothing():
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"uniqueness_ratio": 0.5}, "uniqueness_ratio"),
-        ({"uniqueness_floor": 0.0}, "uniqueness_floor"),
+        ({"ratio": 0.5}, "ratio"),
+        ({"floor": 0.0}, "floor"),
         ({"synergy_drop": 1.5}, "synergy_drop"),
         ({"max_switches": -1}, "max_switches"),
         ({"max_unimodal_epochs": 0}, "JointController"),
