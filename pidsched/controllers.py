@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from pidsched._checks import check_int_at_least
+from pidsched.stages import STAGE_JOINT, STAGE_UNIMODAL
 
 __all__ = [
     "STAGE_JOINT",
@@ -40,9 +41,6 @@ __all__ = [
     "MIController",
     "PIDController",
 ]
-
-STAGE_UNIMODAL = "unimodal"
-STAGE_JOINT = "joint"
 
 
 @dataclass(frozen=True)

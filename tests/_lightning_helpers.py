@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -12,6 +13,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from pidsched.controllers import Controller, Decision
+from pidsched.functional.pid import PIDResult
+from pidsched.metrics import FastPID
 from pidsched.models import MultimodalClassifier
 
 NUM_CLASSES = 3
@@ -116,17 +119,27 @@ def make_trainer(max_epochs: int, callbacks: Sequence[Any] = (), **kwargs: Any) 
 class ScriptedController(Controller):
     """Stage-1 decisions read from a script ``{epochs_completed: Decision}`` (default: no change).
 
-    Records every call as ``(epochs_completed, probe is not None)``.
+    Records every call as ``(epochs_completed, probe is not None)`` and every probe it was given
+    in ``probes`` (not checkpointed).
     """
 
-    def __init__(self, script: Mapping[int, Decision], needs_measurements: bool = True) -> None:
+    def __init__(
+        self,
+        script: Mapping[int, Decision],
+        needs_measurements: bool = True,
+        needs_replicates: bool = False,
+    ) -> None:
         self.script = dict(script)
         self.needs_measurements = needs_measurements
+        self.needs_replicates = needs_replicates
         self.calls: list[tuple[int, bool]] = []
+        self.probes: list[Mapping[str, Any]] = []
         self.paused: frozenset[str] = frozenset()
 
     def decide(self, epochs_completed: int, probe: Mapping[str, Any] | None) -> Decision:
         self.calls.append((epochs_completed, probe is not None))
+        if probe is not None:
+            self.probes.append(probe)
         decision = self.script.get(epochs_completed, Decision(paused=self.paused))
         self.paused = decision.paused
         return decision
@@ -137,6 +150,22 @@ class ScriptedController(Controller):
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         self.paused = frozenset(state_dict["paused"])
         self.calls = [tuple(call) for call in state_dict["calls"]]
+
+
+class UncertifiedFastPID(FastPID):
+    """FastPID whose computes number ``uncertified`` (counted from 0) report a gap of 0.5 bits."""
+
+    def __init__(self, num_classes: int, uncertified: Collection[int] = ()) -> None:
+        super().__init__(num_classes, tol=1e-5)
+        self.uncertified = set(uncertified)
+        self.computes = 0
+
+    def compute(self) -> PIDResult:
+        result = super().compute()
+        self.computes += 1
+        if self.computes - 1 in self.uncertified:
+            return dataclasses.replace(result, gap=torch.tensor(0.5, dtype=torch.float64))
+        return result
 
 
 def branch_state(model: nn.Module, name: str) -> dict[str, Tensor]:

@@ -177,10 +177,14 @@ def test_history_records_and_logged_metrics(tmp_path):
         "mutual_information_per_modality",
         "gap",
         "val_acc",
+        "certified",
+        "interval",
     }
     assert set(record["val_acc"]) == {"a", "b", "fused"}
+    assert all(r["certified"] for r in callback.history)
+    assert record["interval"] is None  # no bootstrap
     # The default metric solves to the callback's probe_tol and certifies it.
-    assert callback._metrics[0].tol == 1e-5
+    assert callback.metric.tol == 1e-5
     assert max(record["gap"] for record in callback.history) <= 1e-5
     atoms = record["unique"]["a"] + record["unique"]["b"] + record["redundancy"] + record["synergy"]
     assert atoms == pytest.approx(record["mutual_information"], abs=1e-6)
@@ -192,6 +196,8 @@ def test_history_records_and_logged_metrics(tmp_path):
     assert float(metrics["pid/synergy"]) == pytest.approx(last["synergy"])
     assert float(metrics["pid/unique_b"]) == pytest.approx(last["unique"]["b"])
     assert float(metrics["pid/stage"]) == 2.0 and float(metrics["pid/paused_a"]) == 0.0
+    assert float(metrics["pid/certified"]) == 1.0
+    assert "pid/synergy_low" not in metrics
     progress_bar = trainer.progress_bar_metrics
     assert {"pid/unique_a", "pid/unique_b", "pid/synergy"} <= set(progress_bar)
     assert "pid/redundancy" not in progress_bar
@@ -271,7 +277,7 @@ def test_probe_buffer_batches_updates_without_changing_the_probe(buffer_size, ex
         )
         make_trainer(2, [callback]).fit(make_model(), train, val)
         records.append(callback.history)
-        metrics.append(callback._metrics[0])
+        metrics.append(callback.metric.pair_metrics[0])
     # Every probe (2 epochs) folds the whole validation set in; the last flush is at epoch end.
     assert metrics[1].update_rows == expected_rows * 2
     assert not callback._buffer
@@ -404,6 +410,11 @@ def test_ddp_without_unused_parameters_fails_at_setup():
         ({"probe_tol": 0}, ValueError, "probe_tol"),
         ({"metric_factory": FastPID, "probe_tol": 1e-7}, ValueError, "metric_factory"),
         ({"probe_buffer_size": 8.5}, ValueError, "probe_buffer_size"),
+        ({"num_bootstrap": -1}, ValueError, "num_bootstrap"),
+        ({"num_bootstrap": 1.5}, ValueError, "num_bootstrap"),
+        ({"metric_factory": FastPID, "num_bootstrap": 8}, ValueError, "metric_factory"),
+        ({"interval_level": 1.0}, ValueError, "interval_level"),
+        ({"interval_level": True}, ValueError, "interval_level"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):

@@ -17,12 +17,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from pidsched import PIDController, PIDSchedulerCallback
 
 MAX_EPOCHS = 7
+BOOTSTRAP = 16
 SIGNAL = {"a": 3.0, "b": 0.5}  # "a" dominates at once, so it is paused from epoch 1
 
 
-def _run(checkpoint_dir, ckpt_path=None):
+def _run(checkpoint_dir, ckpt_path=None, **callback_kwargs):
     controller = PIDController(min_unimodal_epochs=4, max_unimodal_epochs=4, max_switches=0)
-    callback = PIDSchedulerCallback(NUM_CLASSES, controller)
+    callback = PIDSchedulerCallback(NUM_CLASSES, controller, **callback_kwargs)
     checkpoint = ModelCheckpoint(
         dirpath=checkpoint_dir, filename="{epoch}", save_top_k=-1, every_n_epochs=1
     )
@@ -95,3 +96,48 @@ def test_checkpoint_state_is_versioned_plain_and_loads_safely(reference):
     assert callback.stage == "joint" and callback.paused == frozenset() and callback.history == []
     with pytest.raises(ValueError, match="newer pidsched"):
         callback.load_state_dict({"version": PIDSchedulerCallback.STATE_VERSION + 1})
+
+
+@pytest.fixture(scope="module")
+def bootstrap_reference(tmp_path_factory):
+    """An uninterrupted run whose probes draw bootstrap replicates."""
+    checkpoint_dir = tmp_path_factory.mktemp("bootstrap_checkpoints")
+    _, callback, _ = _run(checkpoint_dir, num_bootstrap=BOOTSTRAP)
+    assert all(record["interval"] is not None for record in callback.history)
+    return checkpoint_dir, callback
+
+
+def test_resume_with_bootstrap_repeats_the_intervals(bootstrap_reference, tmp_path):
+    checkpoint_dir, callback = bootstrap_reference
+    ckpt = checkpoint_dir / "epoch=1.ckpt"  # mid stage 1, "a" paused
+    _, resumed, _ = _run(tmp_path / "resumed", ckpt_path=ckpt, num_bootstrap=BOOTSTRAP)
+    assert resumed.history == callback.history
+
+    # The checkpoint's bootstrap state is what makes them equal: without it they differ.
+    checkpoint = torch.load(ckpt, weights_only=True)
+    state = checkpoint["callbacks"]["PIDSchedulerCallback"]
+    (bootstrap_state,) = state.pop("metric_bootstrap")
+    assert bootstrap_state == {"seed": 0, "draws": 2}  # one update per probe, two probes
+    torch.save(checkpoint, tmp_path / "without_bootstrap.ckpt")
+    _, cold, _ = _run(
+        tmp_path / "cold",
+        ckpt_path=tmp_path / "without_bootstrap.ckpt",
+        num_bootstrap=BOOTSTRAP,
+    )
+    assert cold.history[:2] == callback.history[:2]  # restored from the checkpoint
+    assert cold.history[2]["interval"] != callback.history[2]["interval"]
+
+
+def test_a_version_2_state_loads_with_the_new_history_keys(reference):
+    _, _, callback, _ = reference
+    state = callback.state_dict()
+    old_history = [
+        {k: v for k, v in record.items() if k not in ("certified", "interval")}
+        for record in state["history"]
+    ]
+    del state["metric_bootstrap"], state["pause_checked"]
+    loaded = PIDSchedulerCallback(NUM_CLASSES)
+    loaded.load_state_dict({**state, "version": 2, "history": old_history})
+    assert [r["certified"] for r in loaded.history] == [True] * len(old_history)
+    assert all(r["interval"] is None for r in loaded.history)
+    assert loaded.stage == callback.stage and loaded.switch_epoch == callback.switch_epoch

@@ -13,10 +13,12 @@ model only through the :class:`pidsched.models.MultimodalModule` protocol.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import lightning
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -29,14 +31,19 @@ from torchmetrics import Metric
 from typing_extensions import override
 
 from pidsched._checks import check_int_at_least, check_tolerance_bits
-from pidsched.controllers import STAGE_JOINT, STAGE_UNIMODAL, Controller, Decision, PIDController
+from pidsched.controllers import Controller, Decision, PIDController
+from pidsched.functional.multimodal import SCALAR_ATOMS, MultimodalPIDResult
 from pidsched.metrics.fastpid import FastPID
+from pidsched.metrics.multimodal import MultimodalPID
 from pidsched.models.protocol import check_multimodal_module, modality_outputs
+from pidsched.stages import STAGE_JOINT, STAGE_UNIMODAL
 
 __all__ = ["PIDScheduleWarning", "PIDSchedulerCallback"]
 
 _PROBE_INPUTS = ("logits", "features")
 _DISCRETIZATIONS = ("soft", "hard")
+# The bootstrap generator's seed of the default metric: a fixed seed makes runs repeatable.
+_BOOTSTRAP_SEED = 0
 
 
 class PIDScheduleWarning(UserWarning):
@@ -49,10 +56,23 @@ class PIDSchedulerCallback(Callback):
     Each probe accumulates the metric over the first validation dataloader (all batches, every
     rank; the metric syncs across ranks), then the probe record is broadcast from rank 0 so every
     rank asks its controller the same question and gets the same answer. Decisions take effect at
-    the start of the next training epoch. With two modalities the PID of (head 1, head 2; label)
-    is measured; with M > 2 each modality m is measured against the others' averaged softmax
-    prediction (one-vs-rest), ``unique[m]`` is its uniqueness there and redundancy, synergy and
-    mutual information are means over m.
+    the start of the next training epoch. The probe is one
+    :class:`~pidsched.metrics.MultimodalPID` metric: with two modalities the PID of (head 1,
+    head 2; label), with M > 2 each modality m against the others' averaged softmax prediction
+    (one-vs-rest; ``unique[m]`` is its uniqueness there, redundancy, synergy and mutual
+    information are means over m).
+
+    A probe is *certified* when its gap is finite and at most the metric's ``tol`` and every
+    atom is finite. An uncertified probe is recorded (``"certified": False``) and logged, but no
+    decision is taken on it: the controller is asked as on an unprobed epoch and a
+    :class:`PIDScheduleWarning` says so. With ``num_bootstrap = B > 0`` every probe also carries
+    B bootstrap replicates of each atom (passed to the controller, not stored) and their
+    ``interval_level`` percentile interval (stored in ``history``).
+
+    Traps it warns about (:class:`PIDScheduleWarning`): ``max_epochs`` too small for stage 2 to
+    start (at setup), a fit that ended in stage 1 (its fusion head is untrained), and a branch
+    whose parameters or buffers changed during the first epoch it was paused (a module whose
+    ``set_training_stage`` does not really freeze it).
 
     Pausing is real: a paused branch is in ``eval()``, runs without autograd and has no loss term,
     so its parameters, BatchNorm statistics and optimiser state stay bit-for-bit unchanged. Under
@@ -65,14 +85,17 @@ class PIDSchedulerCallback(Callback):
 
     Logged per probe through ``pl_module.log`` (any Lightning logger; monitorable):
     ``pid/unique_<m>``, ``pid/redundancy``, ``pid/synergy``, ``pid/mutual_information``,
-    ``pid/stage`` (1 or 2), ``pid/paused_<m>`` (0 or 1); the U's and S also in the progress bar.
+    ``pid/stage`` (1 or 2), ``pid/paused_<m>`` (0 or 1), ``pid/certified`` (0 or 1) and, with
+    bootstrap, ``pid/<atom>_low`` and ``pid/<atom>_high`` for ``unique_<m>``, ``redundancy``,
+    ``synergy`` and ``mutual_information``; the U's and S also in the progress bar.
 
     Public state: ``stage`` and ``paused`` (what the next training epoch runs), ``history`` (one
     plain dict per probe, format in ``docs/architecture.md``), ``switch_epoch`` (first epoch of
     stage 2, None before) and ``peak_epoch`` (the epoch whose weights the switch restores). All
-    of it, with the controller's state and the peak snapshot, is saved in checkpoints (the
-    snapshot adds one copy of the branch weights until the switch); a resumed fit continues the
-    schedule where it stopped.
+    of it, with the controller's state, the peak snapshot (one copy of the branch weights until
+    the switch), the solver's warm starts and the bootstrap generators, is saved in checkpoints;
+    a resumed fit continues the schedule where it stopped and repeats the uninterrupted run's
+    probes and decisions. ``metric`` is the probe metric (built at setup, None before).
 
     Args:
         num_classes: K, the number of classes (checked against the module).
@@ -85,19 +108,28 @@ class PIDSchedulerCallback(Callback):
         probe_tol: certified error bound (bits) of the default metric's PID solve. The
             controllers compare quantities of 1e-3 bits and more, so 1e-5 is exact for every
             decision and saves a Newton iteration or two per probe over the solver's 1e-7.
-        metric_factory: builds the metric instead, called as ``metric_factory(num_classes=K)``,
-            e.g. ``functools.partial(ClusteredFastPID, num_clusters=20)``; its ``update`` takes
-            ``(x_1, x_2, target)`` and its ``compute`` returns a ``PIDResult``.
+        metric_factory: builds the bivariate metric instead, called as
+            ``metric_factory(num_classes=K)`` once per pair of the
+            :class:`~pidsched.metrics.MultimodalPID` probe, e.g.
+            ``functools.partial(ClusteredFastPID, num_clusters=20)``; its ``update`` takes
+            ``(x_1, x_2, target)`` and its ``compute`` returns a ``PIDResult`` (certified against
+            its ``tol`` attribute when it has one, else on finiteness alone).
         probe_inputs: ``"logits"`` (unimodal head outputs) or ``"features"`` (encoder outputs,
             needs ``metric_factory`` and the module's ``modality_features``).
         probe_buffer_size: validation samples held (detached, on their device) before they are
             folded into the metric in one ``update``. Small validation batches then cost one
             update (and one input check, a device sync on CUDA) per buffer instead of per batch;
             memory is bounded by this many rows of the probed outputs. 1 updates every batch.
+        num_bootstrap: B, bootstrap replicates per probe of the default metric (0: none). A
+            controller with ``needs_replicates`` needs B > 0.
+        interval_level: central probability of the recorded percentile intervals.
 
     Raises:
-        ValueError: an argument is out of range (at construction) or the run is misconfigured (at
-            setup: no validation data, unsupported strategy, names or classes not matching).
+        ValueError: an argument is out of range, or the controller needs replicates and
+            ``num_bootstrap`` is 0 (at construction); the run is misconfigured (at setup: no
+            validation data, unsupported strategy, names or classes not matching); a validation
+            batch is not ``(inputs: dict[str, Tensor], target: Tensor)`` (at the first probe).
+        RuntimeError: this Lightning version lacks an internal attribute the setup checks read.
         TypeError: the module does not implement the protocol, or ``controller`` is not a
             :class:`~pidsched.controllers.Controller`.
 
@@ -109,8 +141,8 @@ class PIDSchedulerCallback(Callback):
         ('unimodal', frozenset(), None)
     """
 
-    # 2: adds the metrics' warm starts.
-    STATE_VERSION = 2
+    # 2: adds the metrics' warm starts. 3: adds the bootstrap generators' states.
+    STATE_VERSION = 3
 
     def __init__(
         self,
@@ -123,6 +155,8 @@ class PIDSchedulerCallback(Callback):
         metric_factory: Callable[..., Metric] | None = None,
         probe_inputs: str = "logits",
         probe_buffer_size: int = 4096,
+        num_bootstrap: int = 0,
+        interval_level: float = 0.9,
     ) -> None:
         _check_arguments(
             num_classes,
@@ -133,6 +167,8 @@ class PIDSchedulerCallback(Callback):
             metric_factory,
             probe_inputs,
             probe_buffer_size,
+            num_bootstrap,
+            interval_level,
         )
         self.num_classes = num_classes
         self.controller = controller if controller is not None else PIDController()
@@ -143,6 +179,8 @@ class PIDSchedulerCallback(Callback):
         self.metric_factory = metric_factory
         self.probe_inputs = probe_inputs
         self.probe_buffer_size = probe_buffer_size
+        self.num_bootstrap = num_bootstrap
+        self.interval_level = float(interval_level)
 
         self._stage = self.controller.initial_stage
         self._paused: frozenset[str] = frozenset()
@@ -154,14 +192,18 @@ class PIDSchedulerCallback(Callback):
 
         self._module: LightningModule | None = None
         self._names: tuple[str, ...] = ()
-        self._metrics: list[Metric] = []
+        self.metric: MultimodalPID | None = None
         self._probing = False
         self._probe_batches = 0
         # Validation outputs not yet folded into the metrics: (per-modality values, target).
         self._buffer: list[tuple[dict[str, Tensor], Tensor]] = []
         self._buffered_samples = 0
-        self._restored_warm_starts: list[Any] | None = None
+        # Metric states from a checkpoint loaded before setup built the metric.
+        self._restored_metric_state: dict[str, Any] | None = None
         self._decided_epoch: int | None = None
+        # Fingerprints of the branches paused in this epoch that were never checked before.
+        self._pause_fingerprints: dict[str, Tensor] = {}
+        self._pause_checked: set[str] = set()
 
     # --- public state ------------------------------------------------------------------------
 
@@ -198,28 +240,49 @@ class PIDSchedulerCallback(Callback):
         if self.controller.needs_measurements:
             _check_validation(trainer, pl_module, self.probe_every_n_epochs)
             self._names = tuple(pl_module.modality_names)
-            self._metrics = [self._make_metric() for _ in range(_pair_count(len(self._names)))]
-            self._restore_warm_starts()
+            self.metric = self._make_metric()
+            self._restore_metric_state()
         _warn_on_jumping_monitors(trainer)
+        _warn_if_stage_two_cannot_start(trainer, self.controller)
         self._module = pl_module
         # configure_optimizers runs after setup: the module must already be in its stage.
         pl_module.set_training_stage(self._stage, frozenset())
 
-    def _make_metric(self) -> Metric:
+    def _make_metric(self) -> MultimodalPID:
         if self.metric_factory is None:
-            return FastPID(self.num_classes, discretization=self.discretization, tol=self.probe_tol)
-        metric = self.metric_factory(num_classes=self.num_classes)
-        if not isinstance(metric, Metric):
-            raise TypeError(
-                f"`metric_factory` must return a torchmetrics Metric, got {type(metric).__name__}."
+            bootstrap = (
+                {"num_bootstrap": self.num_bootstrap, "seed": _BOOTSTRAP_SEED}
+                if self.num_bootstrap
+                else {}
+            )
+            factory = functools.partial(
+                FastPID, discretization=self.discretization, tol=self.probe_tol, **bootstrap
+            )
+        else:
+            factory = self.metric_factory
+        metric = MultimodalPID(self._names, self.num_classes, factory, inputs=self.probe_inputs)
+        if getattr(self.controller, "needs_replicates", False) and metric.num_bootstrap == 0:
+            raise ValueError(
+                f"{type(self.controller).__name__} decides on bootstrap replicates, but "
+                "`metric_factory` builds a metric without them; give it num_bootstrap > 0."
             )
         return metric
 
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # A metric owned by a callback is not moved with the module.
-        for metric in self._metrics:
-            metric.to(pl_module.device)
+        if self.metric is not None:
+            self.metric.to(pl_module.device)
+
+    @override
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._stage == STAGE_UNIMODAL:
+            rank_zero_warn(
+                f"The fit ended in stage 1 after {trainer.current_epoch} epochs: stage 2 never "
+                "started, so the fusion head is untrained and fused metrics (val/acc_fused) mean "
+                "nothing. Raise Trainer(max_epochs) or lower the controller's stage-1 budget.",
+                category=PIDScheduleWarning,
+            )
 
     # --- applying the schedule ---------------------------------------------------------------
 
@@ -228,6 +291,10 @@ class PIDSchedulerCallback(Callback):
         if self._switch_pending:
             self._start_joint_stage(trainer, pl_module)
         pl_module.set_training_stage(self._stage, self._paused)
+        self._pause_fingerprints = {
+            name: _branch_fingerprint(pl_module, name)
+            for name in self._paused - self._pause_checked
+        }
 
     def _start_joint_stage(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.restore_peak and self._peak_snapshot is not None:
@@ -254,12 +321,31 @@ class PIDSchedulerCallback(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._check_paused_branches_did_not_change(pl_module, trainer.current_epoch)
         # Validation (and so any probe) has run by now; epochs without a probe still count
         # towards the controller's epoch budget.
         epoch = trainer.current_epoch
         if self._stage != STAGE_UNIMODAL or self._switch_pending or self._decided_epoch == epoch:
             return
         self._apply_decision(self.controller.decide(epoch + 1, None), pl_module, epoch)
+
+    def _check_paused_branches_did_not_change(self, pl_module: LightningModule, epoch: int) -> None:
+        """Warn, once per branch, when a branch changed during the first epoch it was paused."""
+        changed = [
+            name
+            for name, before in self._pause_fingerprints.items()
+            if not torch.equal(before, _branch_fingerprint(pl_module, name))
+        ]
+        self._pause_checked |= set(self._pause_fingerprints)
+        self._pause_fingerprints = {}
+        if changed:
+            rank_zero_warn(
+                f"Branch(es) {sorted(changed)} were paused in epoch {epoch} but their parameters "
+                "or buffers changed: the module's set_training_stage does not really freeze a "
+                "paused branch. Put its encoder and head in eval(), run them without autograd "
+                "and drop their loss terms (see pidsched.models.MultimodalModule).",
+                category=PIDScheduleWarning,
+            )
 
     # --- probing -----------------------------------------------------------------------------
 
@@ -275,8 +361,7 @@ class PIDSchedulerCallback(Callback):
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._probing = self._is_probe_epoch(trainer)
         if self._probing:
-            for metric in self._metrics:
-                metric.reset()
+            self.metric.reset()
             self._probe_batches = 0
             self._buffer, self._buffered_samples = [], 0
 
@@ -292,24 +377,22 @@ class PIDSchedulerCallback(Callback):
     ) -> None:
         if not self._probing or dataloader_idx != 0:
             return
-        inputs, target = batch
+        inputs, target = _split_batch(batch)
         values = self._modality_values(pl_module, outputs, inputs)
         self._buffer.append(({name: values[name].detach() for name in self._names}, target))
         self._buffered_samples += target.shape[0]
         self._probe_batches += 1
         if self._buffered_samples >= self.probe_buffer_size:
-            self._update_metrics()
+            self._update_metric()
 
-    def _update_metrics(self) -> None:
-        """Fold the buffered validation outputs into the metrics in one update each."""
+    def _update_metric(self) -> None:
+        """Fold the buffered validation outputs into the metric in one update."""
         if not self._buffer:
             return
         batches, targets = zip(*self._buffer, strict=True)
         self._buffer, self._buffered_samples = [], 0
         values = {name: torch.cat([batch[name] for batch in batches]) for name in self._names}
-        target = torch.cat(targets)
-        for metric, (first, second) in zip(self._metrics, self._pairs(values), strict=True):
-            metric.update(first, second, target)
+        self.metric.update(values, torch.cat(targets))
 
     def _modality_values(
         self, pl_module: LightningModule, outputs: Any, inputs: Mapping[str, Tensor]
@@ -326,21 +409,6 @@ class PIDSchedulerCallback(Callback):
             )
         return values
 
-    def _pairs(self, values: Mapping[str, Tensor]) -> list[tuple[Tensor, Tensor]]:
-        """The metric inputs: (m, other) for two modalities, else (m, rest of m) for every m."""
-        names = self._names
-        if len(names) == 2:
-            return [(values[names[0]], values[names[1]])]
-        return [(values[name], self._rest(values, name)) for name in names]
-
-    def _rest(self, values: Mapping[str, Tensor], name: str) -> Tensor:
-        others = [values[other] for other in self._names if other != name]
-        if self.probe_inputs == "features":
-            return torch.cat(others, dim=-1)
-        # log of the others' averaged softmax: logits whose softmax is that average.
-        log_probs = torch.stack([other.float().log_softmax(dim=-1) for other in others])
-        return torch.logsumexp(log_probs, dim=0) - math.log(len(others))
-
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._probing:
@@ -351,52 +419,41 @@ class PIDSchedulerCallback(Callback):
                 "PIDSchedulerCallback probed but no validation batch reached it; check that the "
                 "validation dataloader is not empty and `limit_val_batches` is not 0."
             )
-        self._update_metrics()
-        record = self._probe_record(trainer)
+        self._update_metric()
+        # compute() and callback_metrics sync across ranks: every rank must call them.
+        result = self.metric.compute()
+        record = self._probe_record(trainer, result)
+        replicates = None if result.replicates is None else _replicate_lists(result.replicates)
         # Every rank takes rank 0's record, so controllers on all ranks stay identical.
-        record = trainer.strategy.broadcast(record, src=0)
+        record, replicates = trainer.strategy.broadcast((record, replicates), src=0)
         if self._stage == STAGE_UNIMODAL and not self._switch_pending:
-            decision = self.controller.decide(trainer.current_epoch + 1, record)
-            self._apply_decision(decision, pl_module, trainer.current_epoch)
+            epoch = trainer.current_epoch
+            probe = dict(record, replicates=replicates) if record["certified"] else None
+            if probe is None:
+                _warn_uncertified(record, self.metric.tol)
+            self._apply_decision(self.controller.decide(epoch + 1, probe), pl_module, epoch)
         self.history.append(record)
         self._log_probe(pl_module, record)
 
-    def _probe_record(self, trainer: Trainer) -> dict[str, Any]:
-        # compute() and callback_metrics sync across ranks: every rank must call them.
-        results = [metric.compute() for metric in self._metrics]
-        names = self._names
-        if len(names) == 2:
-            (result,) = results
-            unique = {names[0]: result.unique_1, names[1]: result.unique_2}
-            informations = {
-                names[0]: result.mutual_information_1,
-                names[1]: result.mutual_information_2,
-            }
-        else:
-            unique = {name: result.unique_1 for name, result in zip(names, results, strict=True)}
-            informations = {
-                name: result.mutual_information_1
-                for name, result in zip(names, results, strict=True)
-            }
+    def _probe_record(self, trainer: Trainer, result: MultimodalPIDResult) -> dict[str, Any]:
+        tol = self.metric.tol
         metrics = trainer.callback_metrics
         val_acc = {
             name: float(metrics[f"val/acc_{name}"])
-            for name in (*names, "fused")
+            for name in (*self._names, "fused")
             if f"val/acc_{name}" in metrics
         }
         return {
             "epoch": trainer.current_epoch,
             "stage": self._stage,
             "paused": sorted(self._paused),
-            "unique": {name: float(value) for name, value in unique.items()},
-            "redundancy": _mean(result.redundancy for result in results),
-            "synergy": _mean(result.synergy for result in results),
-            "mutual_information": _mean(result.mutual_information for result in results),
-            "mutual_information_per_modality": {
-                name: float(value) for name, value in informations.items()
-            },
-            "gap": max(float(result.gap) for result in results),
+            **_atom_floats(result),
+            "gap": float(result.gap),
             "val_acc": val_acc,
+            "certified": result.is_certified(math.inf if tol is None else tol),
+            "interval": None
+            if result.replicates is None
+            else _interval_record(result, self.interval_level),
         }
 
     def _log_probe(self, pl_module: LightningModule, record: Mapping[str, Any]) -> None:
@@ -411,11 +468,20 @@ class PIDSchedulerCallback(Callback):
         log("pid/synergy", record["synergy"], prog_bar=True)
         log("pid/mutual_information", record["mutual_information"])
         log("pid/stage", 1.0 if record["stage"] == STAGE_UNIMODAL else 2.0)
+        log("pid/certified", float(record["certified"]))
+        interval = record["interval"]
+        if interval is not None:
+            bounds = {f"unique_{name}": interval["unique"][name] for name in self._names}
+            bounds.update({atom: interval[atom] for atom in SCALAR_ATOMS})
+            for atom, (low, high) in bounds.items():
+                log(f"pid/{atom}_low", low)
+                log(f"pid/{atom}_high", high)
 
     # --- checkpointing -----------------------------------------------------------------------
 
     @override
     def state_dict(self) -> dict[str, Any]:
+        metric = self.metric
         return {
             "version": self.STATE_VERSION,
             "stage": self._stage,
@@ -426,12 +492,12 @@ class PIDSchedulerCallback(Callback):
             "controller": self.controller.state_dict(),
             "peak_snapshot": self._peak_snapshot,
             "peak_epoch": self.peak_epoch,
-            # The solver's warm start: without it a resumed probe starts cold and may differ from
-            # the uninterrupted one within the solver's tolerance.
-            "metric_warm_starts": [
-                metric.warm_start_state() if hasattr(metric, "warm_start_state") else None
-                for metric in self._metrics
-            ],
+            # The solver's warm starts and the bootstrap generators (one entry per pair metric):
+            # without them a resumed probe starts cold or resamples differently, and may differ
+            # from the uninterrupted one.
+            "metric_warm_starts": [] if metric is None else metric.warm_start_state(),
+            "metric_bootstrap": [] if metric is None else metric.bootstrap_state(),
+            "pause_checked": sorted(self._pause_checked),
         }
 
     @override
@@ -446,12 +512,16 @@ class PIDSchedulerCallback(Callback):
         self._paused = frozenset(state_dict.get("paused", ()))
         self._switch_pending = bool(state_dict.get("switch_pending", False))
         self.switch_epoch = state_dict.get("switch_epoch")
-        self.history = [dict(record) for record in state_dict.get("history", [])]
+        self.history = [_upgrade_record(record) for record in state_dict.get("history", [])]
         self.controller.load_state_dict(state_dict.get("controller", {}))
         self._peak_snapshot = state_dict.get("peak_snapshot")
         self.peak_epoch = state_dict.get("peak_epoch")
-        self._restored_warm_starts = state_dict.get("metric_warm_starts")
-        self._restore_warm_starts()
+        self._pause_checked = set(state_dict.get("pause_checked", ()))
+        self._restored_metric_state = {
+            "warm_starts": state_dict.get("metric_warm_starts"),
+            "bootstrap": state_dict.get("metric_bootstrap"),
+        }
+        self._restore_metric_state()
         if self._module is not None:
             # The restored optimiser state belongs to this stage's optimiser, which
             # configure_optimizers builds next. Paused branches go to eval() at the next epoch
@@ -459,15 +529,13 @@ class PIDSchedulerCallback(Callback):
             # Lightning from warning about modules in eval mode at the start of training.
             self._module.set_training_stage(self._stage, frozenset())
 
-    def _restore_warm_starts(self) -> None:
-        # Checkpoints are restored after setup built the metrics; a state loaded earlier waits.
-        if self._restored_warm_starts is None or not self._metrics:
+    def _restore_metric_state(self) -> None:
+        # Checkpoints are restored after setup built the metric; a state loaded earlier waits.
+        if self._restored_metric_state is None or self.metric is None:
             return
-        if len(self._restored_warm_starts) == len(self._metrics):
-            for metric, state in zip(self._metrics, self._restored_warm_starts, strict=True):
-                if hasattr(metric, "load_warm_start_state"):
-                    metric.load_warm_start_state(state)
-        self._restored_warm_starts = None
+        self.metric.load_warm_start_state(self._restored_metric_state["warm_starts"])
+        self.metric.load_bootstrap_state(self._restored_metric_state["bootstrap"])
+        self._restored_metric_state = None
 
 
 def _check_arguments(
@@ -479,6 +547,8 @@ def _check_arguments(
     metric_factory: Any,
     probe_inputs: Any,
     probe_buffer_size: Any,
+    num_bootstrap: Any,
+    interval_level: Any,
 ) -> None:
     check_int_at_least("num_classes", num_classes, 2, "the number of classes")
     if controller is not None and not isinstance(controller, Controller):
@@ -512,12 +582,38 @@ def _check_arguments(
         1,
         "validation samples held before one metric update; 1 updates on every batch",
     )
+    check_int_at_least("num_bootstrap", num_bootstrap, 0, "bootstrap replicates per probe")
+    if metric_factory is not None and num_bootstrap != 0:
+        raise ValueError(
+            "`num_bootstrap` configures the default FastPID metric; with `metric_factory` "
+            "configure the bootstrap there instead (e.g. FastPID(num_bootstrap=...))."
+        )
+    if (
+        getattr(controller, "needs_replicates", False)
+        and num_bootstrap == 0
+        and metric_factory is None
+    ):
+        raise ValueError(
+            f"{type(controller).__name__} decides on bootstrap replicates: give "
+            "PIDSchedulerCallback(num_bootstrap=B) with B > 0 (e.g. 64)."
+        )
+    if (
+        isinstance(interval_level, bool)
+        or not isinstance(interval_level, (int, float))
+        or not 0 < interval_level < 1
+    ):
+        raise ValueError(
+            "Expected argument `interval_level` (the central probability of the bootstrap "
+            f"intervals) to be a number in (0, 1), but got {interval_level!r}; e.g. 0.9."
+        )
 
 
 def _check_strategy(trainer: Trainer) -> None:
     strategy = trainer.strategy
     if isinstance(strategy, DDPStrategy):
-        if not strategy._ddp_kwargs.get("find_unused_parameters", False):
+        # Lightning has no public accessor for the DDP constructor arguments.
+        ddp_kwargs = _lightning_internal(strategy, "_ddp_kwargs", "the DDP strategy's arguments")
+        if not ddp_kwargs.get("find_unused_parameters", False):
             raise ValueError(
                 "PIDSchedulerCallback pauses branches and trains no fusion head in stage 1, so "
                 "DDP must allow unused parameters: use "
@@ -535,7 +631,9 @@ def _check_strategy(trainer: Trainer) -> None:
 
 def _check_validation(trainer: Trainer, pl_module: LightningModule, every_n: int) -> None:
     # Lightning exposes where validation data comes from only through the loop's data source.
-    source = trainer.fit_loop.epoch_loop.val_loop._data_source
+    source = _lightning_internal(
+        trainer.fit_loop.epoch_loop.val_loop, "_data_source", "whether the fit has validation data"
+    )
     if not source.is_defined() or not is_overridden("validation_step", pl_module):
         raise ValueError(
             "PIDSchedulerCallback measures PID on validation data, but this fit has no validation "
@@ -575,14 +673,129 @@ def _warn_on_jumping_monitors(trainer: Trainer) -> None:
             )
 
 
-def _pair_count(num_modalities: int) -> int:
-    """One bivariate PID for two modalities; one per modality (one-vs-rest) beyond that."""
-    return 1 if num_modalities == 2 else num_modalities
+def _warn_if_stage_two_cannot_start(trainer: Trainer, controller: Controller) -> None:
+    """Warn at setup when ``max_epochs`` ends the fit before stage 1 surely ends."""
+    max_epochs = trainer.max_epochs
+    if controller.initial_stage != STAGE_UNIMODAL or max_epochs is None or max_epochs < 0:
+        return
+    # FixedController switches after exactly `unimodal_epochs`; the ratio controllers after at
+    # most `max_unimodal_epochs`, earlier only when synergy drops or the pauses switch enough.
+    fixed = getattr(controller, "unimodal_epochs", None)
+    budget = fixed if fixed is not None else getattr(controller, "max_unimodal_epochs", None)
+    if budget is None or max_epochs > budget:
+        return
+    if fixed is not None:
+        outcome = "stage 2 never starts"
+    else:
+        outcome = "stage 2 starts only if synergy drops or the pauses switch often enough first"
+    rank_zero_warn(
+        f"Trainer(max_epochs={max_epochs}) is not above the stage-1 budget of "
+        f"{type(controller).__name__} ({budget} epochs): {outcome}, and without it the fusion "
+        "head stays untrained. Raise max_epochs or lower the stage-1 budget.",
+        category=PIDScheduleWarning,
+    )
 
 
-def _mean(values: Any) -> float:
-    floats = [float(value) for value in values]
-    return sum(floats) / len(floats)
+def _lightning_internal(owner: Any, name: str, purpose: str) -> Any:
+    """``owner.<name>``, a private Lightning attribute read for ``purpose``, or a clear error."""
+    try:
+        return getattr(owner, name)
+    except AttributeError:
+        raise RuntimeError(
+            f"PIDSchedulerCallback reads Lightning's private `{type(owner).__name__}.{name}` to "
+            f"check {purpose}, and Lightning {lightning.__version__} has no such attribute; "
+            "install a Lightning version in the range pidsched supports (see its pyproject.toml)."
+        ) from None
+
+
+def _split_batch(batch: Any) -> tuple[Mapping[str, Tensor], Tensor]:
+    """``(inputs, target)`` of a validation batch, or a ValueError naming the expected layout."""
+    if (
+        isinstance(batch, (tuple, list))
+        and len(batch) == 2
+        and isinstance(batch[0], Mapping)
+        and isinstance(batch[1], Tensor)
+    ):
+        return batch[0], batch[1]
+    layout = (
+        f"a {type(batch).__name__} of {len(batch)} ({', '.join(type(b).__name__ for b in batch)})"
+        if isinstance(batch, (tuple, list))
+        else f"a {type(batch).__name__}"
+    )
+    raise ValueError(
+        "PIDSchedulerCallback probes validation batches laid out as (inputs: dict[str, Tensor] "
+        f"keyed by modality name, target: Tensor of labels), but got {layout}; make the "
+        "validation dataloader yield that pair."
+    )
+
+
+def _atom_floats(result: MultimodalPIDResult) -> dict[str, Any]:
+    """The history's atoms of a 0-d result as floats: per-modality dicts and scalars (bits)."""
+    return {
+        "unique": {name: float(value) for name, value in result.unique.items()},
+        **{atom: float(getattr(result, atom)) for atom in SCALAR_ATOMS},
+        "mutual_information_per_modality": {
+            name: float(value) for name, value in result.mutual_information_per_modality.items()
+        },
+    }
+
+
+def _interval_record(result: MultimodalPIDResult, level: float) -> dict[str, Any]:
+    """``{"level", "unique": {m: [low, high]}, atom: [low, high]}`` of a bootstrapped result."""
+    low, high = (_atom_floats(bound) for bound in result.interval(level))
+    return {
+        "level": level,
+        "unique": {name: [low["unique"][name], high["unique"][name]] for name in low["unique"]},
+        **{atom: [low[atom], high[atom]] for atom in SCALAR_ATOMS},
+    }
+
+
+def _replicate_lists(replicates: MultimodalPIDResult) -> dict[str, Any]:
+    """The controller's replicates: every atom's ``(B,)`` tensor as a list of B floats."""
+
+    def floats(values: Tensor) -> list[float]:
+        return [float(value) for value in values.detach().cpu().tolist()]
+
+    return {
+        "unique": {name: floats(values) for name, values in replicates.unique.items()},
+        **{atom: floats(getattr(replicates, atom)) for atom in SCALAR_ATOMS},
+        "mutual_information_per_modality": {
+            name: floats(values)
+            for name, values in replicates.mutual_information_per_modality.items()
+        },
+    }
+
+
+def _warn_uncertified(record: Mapping[str, Any], tol: float | None) -> None:
+    bound = "finite" if tol is None else f"at most tol={tol:g} bits"
+    rank_zero_warn(
+        f"The PID probe of epoch {record['epoch']} is not certified (gap {record['gap']:.3g} "
+        f"bits, needed {bound}, with finite atoms): it is recorded with certified=False and no "
+        "decision is taken on it (the epoch counts as unprobed).",
+        category=PIDScheduleWarning,
+    )
+
+
+def _upgrade_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A history record of an older checkpoint with the keys added since (version 3)."""
+    # Older versions decided on every probe, i.e. treated each as certified.
+    return {"certified": True, "interval": None, **record}
+
+
+def _branch_fingerprint(pl_module: LightningModule, name: str) -> Tensor:
+    """Sum and sum of squares (float64) of every parameter and buffer of branch ``name``."""
+    tensors = [
+        *pl_module.encoders[name].state_dict().values(),
+        *pl_module.heads[name].state_dict().values(),
+    ]
+    with torch.no_grad():
+        return torch.stack(
+            [
+                statistic
+                for tensor in tensors
+                for statistic in (tensor.double().sum(), tensor.double().square().sum())
+            ]
+        )
 
 
 def _branch_snapshot(pl_module: LightningModule) -> dict[str, dict[str, Tensor]]:

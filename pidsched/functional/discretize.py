@@ -158,6 +158,33 @@ def _check_same_samples_and_device(name_1: str, value_1: Tensor, name_2: str, va
         )
 
 
+def _check_weights(weights: object, samples: Tensor) -> None:
+    """Check that ``weights`` holds finite non-negative per-sample weights ``(N,)`` or ``(B, N)``
+    for the rows of ``samples``, on their device."""
+    _check_tensor("weights", weights)
+    num_samples = samples.shape[0]
+    if weights.ndim not in (1, 2) or weights.shape[-1] != num_samples:
+        raise ValueError(
+            f"Expected `weights` shaped (N,) or (B, N) with N={num_samples} (one weight per "
+            f"sample, B replicates), but got shape {tuple(weights.shape)}."
+        )
+    if weights.is_complex() or weights.dtype == torch.bool:
+        raise ValueError(
+            f"Expected `weights` to be a real tensor, but got dtype {weights.dtype}; pass counts "
+            "or non-negative floats, for example weights.double()."
+        )
+    if weights.device != samples.device:
+        raise ValueError(
+            f"Expected `weights` on the inputs' device {samples.device}, but got "
+            f"{weights.device}; move all inputs to the same device."
+        )
+    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()):
+        raise ValueError(
+            "Expected `weights` to be finite and non-negative (sample multiplicities such as "
+            "Poisson(1) bootstrap draws), but it holds NaN, Inf or negative values."
+        )
+
+
 def _joint_from_logits_tensor_validation(
     logits_1: Tensor,
     logits_2: Tensor,
@@ -243,27 +270,47 @@ def _posteriors_from_logits(logits: Tensor, discretization: Discretization) -> T
 
 
 def _joint_update(
-    posteriors_1: Tensor, posteriors_2: Tensor, target: Tensor, num_classes: int
+    posteriors_1: Tensor,
+    posteriors_2: Tensor,
+    target: Tensor,
+    num_classes: int,
+    weights: Tensor | None = None,
 ) -> Tensor:
-    """Sum ``posteriors_1[n] x posteriors_2[n] x onehot(target[n])`` over the samples.
+    """Sum ``w[n] posteriors_1[n] x posteriors_2[n] x onehot(target[n])`` over the samples.
+
+    The samples are grouped by label (a stable sort) and each label's ``(K1, K2)`` slice is one
+    matmul of its samples' posteriors: ``O(N K1 K2)`` work and ``O(N (K1 + K2))`` memory (a
+    one-hot contraction of all ``(N, K1 K2)`` pairs with the labels costs ``O(N K1 K2 Ky)`` and
+    ``O(N K1 K2)``: 4 GFLOP and 334 MB at 101 classes and 4,096 samples). Matmuls and the stable
+    sort are deterministic on CUDA, unlike atomic scatter-adds. The label counts are read on the
+    host (one device sync per call) to slice the groups.
 
     Args:
         posteriors_1: ``(N, K1)`` float64 distributions over source 1 symbols.
         posteriors_2: ``(N, K2)`` float64 distributions over source 2 symbols.
         target: ``(N,)`` integer labels in ``[0, num_classes)``.
         num_classes: Number of labels ``Ky``.
+        weights: ``None`` (every sample counts once), or non-negative per-sample weights shaped
+            ``(N,)`` or ``(B, N)``: one joint per row (bootstrap replicates).
 
     Returns:
-        ``(K1, K2, Ky)`` float64 counts (mass ``N``).
+        ``(K1, K2, Ky)`` float64 counts (mass ``N``, or ``weights.sum(-1)``), with the leading
+        ``(B,)`` of 2-d ``weights``.
     """
-    num_samples, k1 = posteriors_1.shape
-    k2 = posteriors_2.shape[1]
-    # An (N, K1*K2) outer product contracted with the (N, Ky) one-hot labels in one matmul: memory
-    # O(N K^2), never O(N K^3), and deterministic on CUDA (no atomic scatter-adds). Labels on the
-    # left keep both operands in their stored layout (2.5x faster on CPU than pairs^T @ labels).
-    pairs = (posteriors_1[:, :, None] * posteriors_2[:, None, :]).reshape(num_samples, k1 * k2)
-    labels = F.one_hot(target.long(), num_classes).to(pairs.dtype)
-    return (labels.mT @ pairs).mT.reshape(k1, k2, num_classes)
+    target = target.long()
+    order = torch.argsort(target, stable=True)
+    counts = torch.bincount(target, minlength=num_classes).tolist()
+    sorted_1, sorted_2 = posteriors_1[order], posteriors_2[order]
+    sorted_weights = None if weights is None else weights.to(sorted_1.dtype)[..., order]
+    slices = []
+    start = 0
+    for count in counts:
+        rows_1, rows_2 = sorted_1[start : start + count], sorted_2[start : start + count]
+        if sorted_weights is not None:
+            rows_1 = sorted_weights[..., start : start + count, None] * rows_1
+        slices.append(rows_1.mT @ rows_2)  # (..., K1, K2); zeros for a label without samples
+        start += count
+    return torch.stack(slices, dim=-1)
 
 
 def _one_hot_symbols(symbols: Tensor, num_symbols: int) -> Tensor:
@@ -282,12 +329,16 @@ def joint_from_logits(
     num_classes: int | None = None,
     discretization: Discretization = "soft",
     validate_args: bool = True,
+    *,
+    weights: Tensor | None = None,
 ) -> Tensor:
     """Joint count tensor of two modalities' predicted classes and the true label.
 
     "soft": ``joint[i, j, y] = sum_n softmax(logits_1[n])[i] softmax(logits_2[n])[j] [y_n = y]``;
     "hard": the number of samples with ``argmax logits_1[n] = i``, ``argmax logits_2[n] = j`` and
-    ``target[n] = y``. Soft mode is differentiable with respect to the logits.
+    ``target[n] = y``. Soft mode is differentiable with respect to the logits. With ``weights``
+    each sample counts ``weights[n]`` times instead of once: ``(B, N)`` weights (for example
+    Poisson(1) bootstrap draws) give ``B`` joints in one pass.
 
     Args:
         logits_1: ``(N, K1)`` unnormalised class scores of modality 1 (any floating dtype).
@@ -297,9 +348,11 @@ def joint_from_logits(
         discretization: "soft" (posterior-weighted) or "hard" (argmax counts).
         validate_args: Check arguments and tensors (a device sync on CUDA); turn off only for
             inputs already known to be valid.
+        weights: Optional non-negative per-sample weights ``(N,)`` or ``(B, N)``.
 
     Returns:
-        ``(K1, K2, Ky)`` float64 counts on the logits' device, summing to ``N``.
+        ``(K1, K2, Ky)`` float64 counts on the logits' device, summing to ``N`` (or to
+        ``weights.sum(-1)``); ``(B, K1, K2, Ky)`` for ``(B, N)`` weights. Work ``O(B N K1 K2)``.
 
     Raises:
         TypeError: If an input is not a tensor.
@@ -317,12 +370,15 @@ def joint_from_logits(
     if validate_args:
         _joint_from_logits_arg_validation(num_classes, discretization)
         _joint_from_logits_tensor_validation(logits_1, logits_2, target, num_classes)
+        if weights is not None:
+            _check_weights(weights, logits_1)
     num_classes = _resolve_num_classes(logits_1, logits_2, num_classes)
     return _joint_update(
         _posteriors_from_logits(logits_1, discretization),
         _posteriors_from_logits(logits_2, discretization),
         target,
         num_classes,
+        weights,
     )
 
 
@@ -509,12 +565,16 @@ def joint_from_features(
     num_components: int = 5,
     seed: int = 0,
     validate_args: bool = True,
+    *,
+    weights: Tensor | None = None,
 ) -> Tensor:
     """Joint count tensor of two modalities' embedding clusters and the true label.
 
     Each modality is discretised independently by :func:`cluster_features` (the paper's
     L2 normalise -> PCA(5) -> KMeans(20)); the joint counts (cluster 1, cluster 2, label) triples.
-    PCA and k-means need every sample at once, so call this on the whole probe set.
+    PCA and k-means need every sample at once, so call this on the whole probe set. ``weights``
+    reweight the samples of the joint only: the clustering is fitted once on the unweighted
+    samples and shared by every weighted joint (the bootstrap replicates of ``ClusteredFastPID``).
 
     Args:
         features_1: ``(N, D1)`` embeddings of modality 1.
@@ -525,9 +585,11 @@ def joint_from_features(
         num_components: PCA components per modality.
         seed: k-means seeding seed, shared by both modalities.
         validate_args: Check arguments and tensors.
+        weights: Optional non-negative per-sample weights ``(N,)`` or ``(B, N)``.
 
     Returns:
-        ``(num_clusters, num_clusters, num_classes)`` float64 counts summing to ``N``.
+        ``(num_clusters, num_clusters, num_classes)`` float64 counts summing to ``N`` (or to
+        ``weights.sum(-1)``), with a leading ``(B,)`` for ``(B, N)`` weights.
 
     Raises:
         TypeError: If an input is not a tensor.
@@ -536,6 +598,8 @@ def joint_from_features(
     if validate_args:
         _joint_from_features_arg_validation(num_classes, num_clusters, num_components, seed)
         _joint_from_features_tensor_validation(features_1, features_2, target, num_classes)
+        if weights is not None:
+            _check_weights(weights, features_1)
     symbols_1 = cluster_features(features_1, num_clusters, num_components, seed)
     symbols_2 = cluster_features(features_2, num_clusters, num_components, seed)
     return _joint_update(
@@ -543,4 +607,5 @@ def joint_from_features(
         _one_hot_symbols(symbols_2, num_clusters),
         target,
         num_classes,
+        weights,
     )

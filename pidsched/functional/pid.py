@@ -79,6 +79,8 @@ class PIDResult:
         dual_2: optimal dual variables ``b`` shaped ``(..., K2, Ky)``.
         pair_mass: the optimal coupling's ``q*(x1, x2)`` shaped ``(..., K1, K2)`` (the multipliers
             of the dual constraints; zero where the constraint is inactive).
+        replicates: bootstrap replicates of this result with a leading batch dim ``(B, ...)``
+            (set by the metrics' ``num_bootstrap``), or None; see :meth:`interval`.
     """
 
     unique_1: Tensor
@@ -93,13 +95,30 @@ class PIDResult:
     dual_1: Tensor | None = None
     dual_2: Tensor | None = None
     pair_mass: Tensor | None = None
+    replicates: PIDResult | None = None
+
+    def interval(self, level: float = 0.9) -> tuple[PIDResult, PIDResult]:
+        """Bootstrap interval ``(low, high)`` of every atom at nominal coverage ``level`` (bits),
+        from :attr:`replicates`; see :func:`pidsched.functional.bootstrap_interval`.
+
+        Raises:
+            ValueError: If there are no replicates or ``level`` is not in (0, 1).
+        """
+        from pidsched.functional.bootstrap import bootstrap_interval  # it imports PIDResult
+
+        if self.replicates is None:
+            raise ValueError(
+                "This PIDResult has no `replicates`; construct FastPID or ClusteredFastPID with "
+                "num_bootstrap=B (e.g. 200) to get bootstrap replicates and an interval."
+            )
+        return bootstrap_interval(self, self.replicates, level)
 
     def as_dict(self) -> dict[str, float]:
         """The scalar fields as python floats (bits), for logging a single (0-d) result."""
         out: dict[str, float] = {}
         for field in fields(self):
             value = getattr(self, field.name)
-            if field.name.startswith("dual") or field.name == "pair_mass":
+            if field.name.startswith("dual") or field.name in ("pair_mass", "replicates"):
                 continue
             if isinstance(value, Tensor):
                 if value.dim() != 0:

@@ -35,6 +35,7 @@ from typing_extensions import override
 from pidsched._checks import check_int_at_least
 from pidsched.models.fusion import ConcatFusion, SumFusion, build_fusion
 from pidsched.models.protocol import check_stage
+from pidsched.stages import STAGE_JOINT, STAGE_UNIMODAL
 
 __all__ = ["STAGE1_OPTIMIZER", "STAGE2_OPTIMIZER", "MultimodalClassifier"]
 
@@ -181,7 +182,7 @@ class MultimodalClassifier(LightningModule):
         self.stage1_optimizer = stage1_optimizer or dict(STAGE1_OPTIMIZER)
         self.stage2_optimizer = stage2_optimizer or dict(STAGE2_OPTIMIZER)
         self.stage2_scheduler = stage2_scheduler
-        self.stage = "unimodal"
+        self.stage = STAGE_UNIMODAL
         self.paused: frozenset[str] = frozenset()
 
     # --- the MultimodalModule protocol -------------------------------------------------------
@@ -271,14 +272,14 @@ class MultimodalClassifier(LightningModule):
         training = split == "train"
         trained = [name for name in self.modality_names if not (training and name in self.paused)]
         # Stage-1 training needs neither the paused branches nor the fusion head.
-        needs_all = not training or self.stage == "joint"
+        needs_all = not training or self.stage == STAGE_JOINT
         features = self._branch_features(inputs, self.modality_names if needs_all else trained)
         logits = {name: self.heads[name](features[name]) for name in features}
         fused = self.fusion(features) if needs_all else None
 
         losses = {name: F.cross_entropy(logits[name], target) for name in logits}
         loss = sum(losses[name] for name in trained)
-        if self.stage == "joint":
+        if self.stage == STAGE_JOINT:
             losses["fused"] = F.cross_entropy(fused, target)
             loss = losses["fused"] + self.unimodal_weight * loss
         elif fused is not None:
@@ -323,7 +324,7 @@ class MultimodalClassifier(LightningModule):
     @override
     def configure_optimizers(self) -> Any:
         """The optimiser (and, in stage 2, the scheduler) of the current stage."""
-        if self.stage == "unimodal":
+        if self.stage == STAGE_UNIMODAL:
             return build_optimizer(self.stage1_optimizer, self.parameters())
         optimizer = build_optimizer(self.stage2_optimizer, self.parameters())
         if self.stage2_scheduler is None:

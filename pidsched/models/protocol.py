@@ -12,9 +12,9 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
-__all__ = ["STAGES", "MultimodalModule", "check_multimodal_module"]
+from pidsched.stages import STAGE_UNIMODAL, STAGES
 
-STAGES = ("unimodal", "joint")
+__all__ = ["STAGES", "MultimodalModule", "check_multimodal_module"]
 
 
 @runtime_checkable
@@ -155,7 +155,7 @@ def check_stage(stage: str, paused: Collection[str], names: Sequence[str]) -> fr
     unknown = paused - set(names)
     if unknown:
         raise ValueError(f"`paused` names {sorted(unknown)} are not modalities {list(names)}.")
-    if stage == "unimodal" and paused == set(names):
+    if stage == STAGE_UNIMODAL and paused == set(names):
         raise ValueError("`paused` holds every modality: stage 1 would train nothing.")
     return paused
 

@@ -1,0 +1,123 @@
+"""Configurations that run but do not do what was meant: each is warned about or refused."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from _lightning_helpers import (
+    NUM_CLASSES,
+    DictDataset,
+    ScriptedController,
+    loaders,
+    make_data,
+    make_model,
+    make_trainer,
+    single_thread,  # noqa: F401  (fixture)
+)
+from lightning.pytorch.strategies import DDPStrategy
+from torch.utils.data import DataLoader
+
+from pidsched import FixedController, PIDController, PIDSchedulerCallback, PIDScheduleWarning
+from pidsched.controllers import Decision
+from pidsched.models import MultimodalClassifier
+
+
+def _schedule_warnings(caught, text):
+    return [w for w in caught if issubclass(w.category, PIDScheduleWarning) and text in str(w)]
+
+
+@pytest.mark.parametrize(
+    ("controller", "max_epochs", "match"),
+    [
+        (FixedController(unimodal_epochs=2), 2, "stage 2 never starts"),
+        (PIDController(min_unimodal_epochs=1, max_unimodal_epochs=3), 2, "starts only if"),
+        (PIDController(min_unimodal_epochs=1, max_unimodal_epochs=2), 2, "starts only if"),
+    ],
+    ids=["fixed-at-budget", "pid-below-budget", "pid-at-budget"],
+)
+def test_max_epochs_that_cannot_reach_stage_two_warn_at_setup(controller, max_epochs, match):
+    callback = PIDSchedulerCallback(NUM_CLASSES, controller)
+    trainer = make_trainer(max_epochs, [callback])
+    with pytest.warns(PIDScheduleWarning, match=f"max_epochs={max_epochs}.*{match}"):
+        callback.setup(trainer, make_model(), "fit")
+
+
+def test_max_epochs_beyond_the_budget_do_not_warn():
+    pid = PIDController(min_unimodal_epochs=1, max_unimodal_epochs=2)
+    for controller in (FixedController(unimodal_epochs=2), pid):
+        callback = PIDSchedulerCallback(NUM_CLASSES, controller)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            callback.setup(make_trainer(3, [callback]), make_model(), "fit")
+        assert not _schedule_warnings(caught, "max_epochs")
+
+
+def test_a_fit_that_ends_in_stage_one_warns_and_leaves_switch_epoch_none():
+    callback = PIDSchedulerCallback(NUM_CLASSES, FixedController(unimodal_epochs=2))
+    with pytest.warns(PIDScheduleWarning, match="stage 2 never started.*fusion head"):
+        make_trainer(2, [callback]).fit(make_model(), *loaders())
+    assert callback.switch_epoch is None
+    # Reaching stage 2 gives no such warning.
+    callback = PIDSchedulerCallback(NUM_CLASSES, FixedController(unimodal_epochs=1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(2, [callback]).fit(make_model(), *loaders())
+    assert callback.switch_epoch == 1 and not _schedule_warnings(caught, "never started")
+
+
+class LeakyPauseModel(MultimodalClassifier):
+    """A user module whose set_training_stage ignores ``paused``: paused branches still train."""
+
+    def set_training_stage(self, stage, paused):
+        super().set_training_stage(stage, frozenset())
+
+
+@pytest.mark.parametrize("leaky", [True, False], ids=["leaky-module", "real-pause"])
+def test_a_paused_branch_that_changes_is_named_once(leaky):
+    # "a" is paused in epochs 1-3 (decided after epoch 1, counted from 1).
+    script = {1: Decision(paused=frozenset({"a"}))}
+    model = make_model(names=("a", "b"))
+    if leaky:
+        model.__class__ = LeakyPauseModel
+    callback = PIDSchedulerCallback(NUM_CLASSES, ScriptedController(script, False))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        make_trainer(4, [callback]).fit(model, *loaders())
+    leaks = _schedule_warnings(caught, "were paused in epoch")
+    if leaky:
+        (leak,) = leaks  # once, at the first paused epoch, naming the branch
+        assert "['a'] were paused in epoch 1" in str(leak.message)
+    else:
+        assert leaks == []
+
+
+class RecordBatchModel(MultimodalClassifier):
+    """Validation batches are ``{"inputs": ..., "target": ...}`` records, not (dict, target)."""
+
+    def validation_step(self, batch, batch_idx):
+        return super().validation_step((batch["inputs"], batch["target"]), batch_idx)
+
+
+class RecordDataset(DictDataset):
+    def __getitem__(self, index):
+        inputs, target = super().__getitem__(index)
+        return {"inputs": inputs, "target": target}
+
+
+def test_validation_batches_of_another_layout_fail_with_the_expected_layout():
+    data = make_data(num_samples=32)
+    val = DataLoader(RecordDataset(data.inputs, data.target), batch_size=16)
+    model = make_model()
+    model.__class__ = RecordBatchModel
+    callback = PIDSchedulerCallback(NUM_CLASSES, ScriptedController({}))
+    with pytest.raises(ValueError, match=r"laid out as \(inputs: dict.*got a dict"):
+        make_trainer(1, [callback]).fit(model, loaders()[0], val)
+
+
+def test_missing_lightning_internals_fail_with_a_clear_error():
+    strategy = DDPStrategy(find_unused_parameters=True)
+    del strategy._ddp_kwargs
+    callback = PIDSchedulerCallback(NUM_CLASSES, FixedController(1))
+    with pytest.raises(RuntimeError, match=r"private `DDPStrategy._ddp_kwargs`.*supports"):
+        callback.setup(make_trainer(1, [callback], strategy=strategy), make_model(), "fit")
