@@ -160,10 +160,12 @@ class PIDController(Controller):
       replicates, and a synergy drop counts only when replicate synergy is below
       ``synergy_drop`` x peak in at least a share c of them (the peak is the point estimates'
       running maximum). Needs the callback's ``num_bootstrap > 0`` (``needs_replicates``).
-    - ``persistence`` k: the paused set changes only when the same candidate set was found on k
-      consecutive probes, and a synergy drop ends stage 1 only when it held on k consecutive
-      probes; unprobed epochs neither count nor break a streak. This keeps early learning speed
-      (one branch merely learning first) from being read as dominance.
+    - ``persistence`` k: a modality is paused only once it was a candidate on k consecutive
+      probes, and a synergy drop ends stage 1 only once it held on k consecutive probes;
+      unprobed epochs neither count nor break a streak. A paused modality trains again as soon
+      as it is no longer a candidate: training every branch is the default that needs no
+      evidence. This keeps early learning speed (one branch merely learning first) from being
+      read as dominance.
 
     Args:
         signal: ``"unique"`` or ``"mutual_information"``.
@@ -175,7 +177,7 @@ class PIDController(Controller):
         max_unimodal_epochs: epochs after which stage 1 ends regardless.
         confidence: None (decide on the point estimate) or the share in (0, 1] of bootstrap
             replicates a pause or a synergy drop must hold on.
-        persistence: consecutive probes (>= 1) a pause change or a synergy drop must hold on.
+        persistence: consecutive probes (>= 1) a pause or a synergy drop must hold on.
 
     Raises:
         ValueError: an argument is out of range.
@@ -244,10 +246,9 @@ class PIDController(Controller):
         self.paused: frozenset[str] = frozenset()
         self.peak_synergy: float | None = None
         self.switches = 0
-        # Persistence state: the latest candidate paused set and on how many consecutive
-        # probes it was found; the number of consecutive probes with a synergy drop.
-        self.candidate: frozenset[str] = frozenset()
-        self.candidate_streak = 0
+        # Persistence state: per modality, the consecutive probes on which it was a pause
+        # candidate (absent: 0); the consecutive probes with a synergy drop.
+        self.candidate_streaks: dict[str, int] = {}
         self.drop_streak = 0
 
     @property
@@ -328,13 +329,14 @@ class PIDController(Controller):
         below = sum(value < threshold for value in replicates)
         return below >= self.confidence * len(replicates)
 
-    def _persistent_paused(self, candidate: frozenset[str]) -> frozenset[str]:
-        """The paused set after this probe: the candidate once it held ``persistence`` times."""
-        if candidate == self.candidate:
-            self.candidate_streak += 1
-        else:
-            self.candidate, self.candidate_streak = candidate, 1
-        return candidate if self.candidate_streak >= self.persistence else self.paused
+    def _persistent_paused(self, candidates: frozenset[str]) -> frozenset[str]:
+        """The candidates that have been candidates on ``persistence`` consecutive probes."""
+        self.candidate_streaks = {
+            name: self.candidate_streaks.get(name, 0) + 1 for name in sorted(candidates)
+        }
+        return frozenset(
+            name for name, streak in self.candidate_streaks.items() if streak >= self.persistence
+        )
 
     def decide(self, epochs_completed: int, probe: Mapping[str, Any] | None) -> Decision:
         """Apply the pause and end-of-stage rules (see the class docstring).
@@ -386,8 +388,7 @@ class PIDController(Controller):
             "paused": sorted(self.paused),
             "peak_synergy": self.peak_synergy,
             "switches": self.switches,
-            "candidate": sorted(self.candidate),
-            "candidate_streak": self.candidate_streak,
+            "candidate_streaks": dict(sorted(self.candidate_streaks.items())),
             "drop_streak": self.drop_streak,
         }
 
@@ -397,8 +398,9 @@ class PIDController(Controller):
         peak = state_dict.get("peak_synergy")
         self.peak_synergy = None if peak is None else float(peak)
         self.switches = int(state_dict.get("switches", 0))
-        self.candidate = frozenset(state_dict.get("candidate", self.paused))
-        self.candidate_streak = int(state_dict.get("candidate_streak", 0))
+        # A state saved before persistence existed: its paused set had held for one probe.
+        streaks = state_dict.get("candidate_streaks", dict.fromkeys(self.paused, 1))
+        self.candidate_streaks = {str(name): int(streak) for name, streak in streaks.items()}
         self.drop_streak = int(state_dict.get("drop_streak", 0))
 
 

@@ -222,25 +222,35 @@ def test_persistence_ignores_a_branch_that_merely_learns_first(persistence, firs
     assert controller.switches == (1 if persistence == 1 else 0)
 
 
-def test_persistence_delays_pausing_and_unpausing_by_the_same_count():
+def test_persistence_delays_pausing_but_not_training_again():
     controller = PIDController(
         persistence=3, max_switches=0, min_unimodal_epochs=100, max_unimodal_epochs=100
     )
     strong_a = probe({"a": 0.9, "b": 0.1}, 0.1)
-    decisions = run(
-        controller, [strong_a] * 3 + [probe(*NEUTRAL)] * 2 + [strong_a] + [probe(*NEUTRAL)] * 3
+    script = (
+        [strong_a] * 3 + [probe(*NEUTRAL)] + [strong_a] * 2 + [probe(*NEUTRAL)] + [strong_a] * 4
     )
+    decisions = run(controller, script)
     assert [bool(d.paused) for d in decisions] == [
+        False, False, True,  # paused from the third consecutive probe on which a dominates
+        False,  # trains again as soon as a no longer dominates
+        False, False,  # the streak starts again from zero
         False,
-        False,
-        True,  # paused from the third consecutive probe
-        True,
-        True,  # two neutral probes do not unpause
-        True,  # ...and the streak of neutral probes restarts
-        True,
-        True,
-        False,  # three neutral probes in a row unpause
+        False, False, True, True,
+    ]  # fmt: skip
+
+
+def test_persistence_counts_each_modality_separately():
+    controller = PIDController(persistence=2, max_switches=0)
+    # a and b dominate c by turns: neither is a candidate twice in a row, so nothing pauses.
+    both = probe({"a": 0.9, "b": 0.8, "c": 0.1}, 0.1)
+    only_a = probe({"a": 0.9, "b": 0.2, "c": 0.1}, 0.1)
+    assert [d.paused for d in run(controller, [both, only_a, both])] == [
+        frozenset(),
+        {"a"},
+        {"a"},
     ]
+    assert controller.state_dict()["candidate_streaks"] == {"a": 3, "b": 1}
 
 
 def test_unprobed_epochs_neither_count_nor_break_a_streak():
@@ -321,7 +331,7 @@ def test_persistence_state_round_trip_resumes_mid_streak():
     # A state saved before the streaks existed still loads.
     old = PIDController()
     old.load_state_dict({"paused": ["a"], "peak_synergy": 0.2, "switches": 1})
-    assert old.paused == {"a"} and old.candidate == {"a"} and old.drop_streak == 0
+    assert old.paused == {"a"} and old.candidate_streaks == {"a": 1} and old.drop_streak == 0
 
 
 @pytest.mark.parametrize("schedule", ["pid", "mi", "pid_paper"])
