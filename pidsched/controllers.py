@@ -71,11 +71,8 @@ class Controller(ABC):
     """
 
     needs_measurements: ClassVar[bool]
-
-    @property
-    def needs_replicates(self) -> bool:
-        """Whether :meth:`decide` reads ``probe["replicates"]`` (bootstrap); False by default."""
-        return False
+    # A plain attribute, so that a subclass may set it per instance or compute it (a property).
+    needs_replicates: bool = False
 
     @property
     def initial_stage(self) -> str:
