@@ -2,15 +2,20 @@
 
 For each setting (the synthetic competition task, five UCI mfeat view pairs and one three-view
 mfeat setting) and each schedule (joint training, joint training on the fused loss alone,
-fixed two-stage, OGM-GE, the MI controller, the paper's settings ``pid_paper`` and pidsched's
-default ``pid``), ``pidsched-train`` runs one Hydra multirun over the seeds in a subprocess with
-one CPU thread, ``--jobs`` rows at a time (about 34 min for the whole table on 2 cores).
+fixed two-stage, OGM-GE, the MI controller, the paper's settings ``pid_paper``, pidsched's
+default ``pid``, and the four candidates for that default: ``pid_point`` (point estimates, a
+decision on every probe), ``pid_conf`` (``confidence``), ``pid_persist`` (``persistence``) and
+``pid_conf_persist`` (both)), ``pidsched-train`` runs one Hydra multirun over the seeds in a
+subprocess with one CPU thread, ``--jobs`` rows at a time (the seven original schedules took
+13-34 min for the whole table on 2 cores; choose rows with ``--settings``/``--schedules``).
 Every number is the validation-selected checkpoint's, tested once (``summary.json``). The
 paired difference to joint training compares runs with the same seed: the same initialisation,
 shuffling and data split.
 
     python benchmarks/schedules.py                    # the full table of docs/results.md
     python benchmarks/schedules.py --settings synthetic,fou+zer --seeds 3
+    python benchmarks/schedules.py --settings fou+zer,zer+mor --seeds 3 \
+        --schedules joint,pid_point,pid_conf,pid_persist,pid_conf_persist
     python benchmarks/schedules.py --quick            # a smoke run: one setting, one seed
     python benchmarks/schedules.py --report-from a/results.json b/results.json  # re-print
 

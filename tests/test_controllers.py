@@ -24,13 +24,18 @@ def probe(unique: dict[str, float], synergy: float, mi: dict[str, float] | None 
     }
 
 
+def paper_rules(**kwargs) -> PIDController:
+    """The paper's rules exactly (point estimates, a decision on every probe), any defaults."""
+    return PIDController(**{"confidence": None, "persistence": 1, **kwargs})
+
+
 def run(controller, probes):
     """Feed probes after epochs 1, 2, ...; return the decisions."""
     return [controller.decide(epoch, p) for epoch, p in enumerate(probes, start=1)]
 
 
 def test_pause_the_dominant_modality_and_unpause_when_the_ratio_returns():
-    controller = PIDController(min_unimodal_epochs=100, max_unimodal_epochs=100, max_switches=0)
+    controller = paper_rules(min_unimodal_epochs=100, max_unimodal_epochs=100, max_switches=0)
     decisions = run(
         controller,
         [
@@ -52,14 +57,14 @@ def test_pause_the_dominant_modality_and_unpause_when_the_ratio_returns():
 
 
 def test_floor_avoids_division_by_zero_uniqueness():
-    controller = PIDController(floor=0.01, max_switches=0)
+    controller = paper_rules(floor=0.01, max_switches=0)
     assert controller.decide(1, probe({"a": 0.0, "b": 0.0}, 0.0)).paused == frozenset()
     assert controller.decide(2, probe({"a": 0.02, "b": 0.0}, 0.0)).paused == frozenset()
     assert controller.decide(3, probe({"a": 0.04, "b": 0.0}, 0.0)).paused == {"a"}
 
 
 def test_two_pause_switches_end_stage_one():
-    controller = PIDController(max_switches=2)
+    controller = paper_rules(max_switches=2)
     decisions = run(
         controller,
         [
@@ -74,7 +79,7 @@ def test_two_pause_switches_end_stage_one():
 
 
 def test_synergy_drop_ends_stage_one_only_after_min_epochs_and_marks_peaks():
-    controller = PIDController(synergy_drop=0.8, min_unimodal_epochs=3, max_switches=0)
+    controller = paper_rules(synergy_drop=0.8, min_unimodal_epochs=3, max_switches=0)
     even = {"a": 0.1, "b": 0.1}
     decisions = run(
         controller,
@@ -94,7 +99,7 @@ def test_synergy_drop_ends_stage_one_only_after_min_epochs_and_marks_peaks():
 
 
 def test_epoch_budget_ends_stage_one_with_or_without_a_probe():
-    controller = PIDController(min_unimodal_epochs=1, max_unimodal_epochs=3, max_switches=0)
+    controller = paper_rules(min_unimodal_epochs=1, max_unimodal_epochs=3, max_switches=0)
     controller.decide(1, probe({"a": 0.9, "b": 0.1}, 0.2))
     unprobed = controller.decide(2, None)
     assert unprobed == Decision(paused=frozenset({"a"}), switch=False, peak=False)
@@ -102,14 +107,14 @@ def test_epoch_budget_ends_stage_one_with_or_without_a_probe():
 
 
 def test_nan_synergy_is_never_a_peak_nor_a_drop():
-    controller = PIDController(min_unimodal_epochs=0, max_switches=0)
+    controller = paper_rules(min_unimodal_epochs=0, max_switches=0)
     first = controller.decide(1, probe({"a": 0.1, "b": 0.1}, math.nan))
     assert not first.peak and not first.switch
     assert controller.decide(2, probe({"a": 0.1, "b": 0.1}, 0.2)).peak
 
 
 def test_more_than_two_modalities_pause_against_the_weakest_and_never_all():
-    controller = PIDController(max_switches=0)
+    controller = paper_rules(max_switches=0)
     decision = controller.decide(1, probe({"a": 1.0, "b": 0.9, "c": 0.1}, 0.1))
     assert decision.paused == {"a", "b"}
     decision = controller.decide(2, probe({"a": 1.0, "b": 0.2, "c": 0.25}, 0.1))
@@ -120,7 +125,7 @@ def test_more_than_two_modalities_pause_against_the_weakest_and_never_all():
 
 
 def test_mutual_information_signal_uses_mutual_information_not_uniqueness():
-    controller = PIDController(signal="mutual_information", max_switches=0)
+    controller = paper_rules(signal="mutual_information", max_switches=0)
     decision = controller.decide(1, probe({"a": 0.9, "b": 0.1}, 0.1, mi={"a": 0.5, "b": 0.4}))
     assert decision.paused == frozenset()
     decision = controller.decide(2, probe({"a": 0.1, "b": 0.1}, 0.1, mi={"a": 0.1, "b": 0.5}))
@@ -134,12 +139,12 @@ def test_state_round_trip_continues_identically():
         probe({"a": 0.1, "b": 0.9}, 0.3),
         probe({"a": 0.1, "b": 0.9}, 0.35),
     ]
-    reference = PIDController(min_unimodal_epochs=0, max_switches=3)
+    reference = paper_rules(min_unimodal_epochs=0, max_switches=3)
     expected = run(reference, script)
 
-    first = PIDController(min_unimodal_epochs=0, max_switches=3)
+    first = paper_rules(min_unimodal_epochs=0, max_switches=3)
     run(first, script[:2])
-    resumed = PIDController(min_unimodal_epochs=0, max_switches=3)
+    resumed = paper_rules(min_unimodal_epochs=0, max_switches=3)
     resumed.load_state_dict(first.state_dict())
     assert [resumed.decide(epoch, p) for epoch, p in enumerate(script[2:], start=3)] == expected[2:]
     assert resumed.state_dict() == reference.state_dict()
@@ -295,13 +300,13 @@ def test_confidence_pauses_only_on_the_share_of_replicates_that_clears(
         {"a": [0.1 * r for r in ratios], "b": [0.1] * 10},
         [0.1] * 10,
     )
-    controller = PIDController(confidence=confidence, max_switches=0)
+    controller = PIDController(confidence=confidence, persistence=1, max_switches=0)
     assert controller.needs_replicates
     assert bool(controller.decide(1, record).paused) == paused
 
 
 def test_confidence_counts_a_synergy_drop_only_on_the_share_of_replicates():
-    controller = PIDController(confidence=0.8, min_unimodal_epochs=0, max_switches=0)
+    controller = PIDController(confidence=0.8, persistence=1, min_unimodal_epochs=0, max_switches=0)
     even = {"a": [0.1] * 5, "b": [0.1] * 5}
     controller.decide(1, with_replicates(probe(NEUTRAL[0], 0.5), even, [0.5] * 5))
     # Point estimate 0.3 < 0.8 x 0.5, but only 3 of 5 replicates are below 0.4: no drop.
