@@ -164,6 +164,7 @@ def test_histories_without_intervals_read_as_before(tmp_path):
     run = RunHistory.from_records(records)
     columns, _ = history_columns(run)
     assert not any("_low" in c or "_high" in c or c == "certified" for c in columns)
+    assert "interval" not in run.records[0]
     loaded = read_history_csv(write_history_csv(run, tmp_path / "h.csv"))
-    assert "interval" not in loaded.records[0] and "certified" not in loaded.records[0]
+    assert loaded.records == run.records and "certified" not in loaded.records[0]
     assert read_history_json(write_history_json(run, tmp_path / "h.json")).records == run.records

@@ -14,7 +14,8 @@ accuracy, a NaN) are written as JSON ``null`` / an empty CSV cell and read back 
 Bootstrap intervals (``record["interval"]``: ``{"level": 0.9, "unique": {m: [low, high]},
 "redundancy": [low, high], ...}``) become the CSV columns ``interval_level``,
 ``unique_low/<m>``, ``unique_high/<m>``, ``redundancy_low``, ``redundancy_high``, ... and are
-rebuilt on reading; ``certified`` (whether the probe's solve was certified and so decided
+rebuilt on reading (a record's ``"interval": None``, a probe without bootstrap, is stored as
+no key); ``certified`` (whether the probe's solve was certified and so decided
 on) is a ``True``/``False`` column. Files written before these keys existed read as before.
 
 Example::
@@ -339,6 +340,10 @@ def _validated_record(record: Any, index: int) -> ProbeRecord:
     if plain.get("stage") not in STAGES:
         raise ValueError(f"records[{index}] needs 'stage' in {STAGES}, got {plain.get('stage')!r}.")
     plain.setdefault(PAUSED_KEY, [])
+    # "interval": None (a probe without bootstrap) and no key mean the same; one form keeps the
+    # JSON and CSV round trips equal.
+    if INTERVAL_KEY in plain and plain[INTERVAL_KEY] is None:
+        del plain[INTERVAL_KEY]
     return plain
 
 
