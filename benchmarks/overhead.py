@@ -8,7 +8,9 @@ epochs, jointly from the first epoch:
   for a FastPID probe after every epoch, so the run pays for everything the schedule does per
   epoch - the metric updates on the validation outputs, the exact PID solve, the probe record,
   its broadcast and logging - and nothing else changes (stage-1 epochs of ``schedule=pid`` train
-  fewer branches, which would be a saving, not an overhead).
+  fewer branches, which would be a saving, not an overhead). ``--bootstrap 0,16,64`` runs one
+  probed arm per number of bootstrap replicates B (``num_bootstrap``; a row ``<setting> B=<B>``
+  each), which adds the replicate joints' updates and solves.
 
 Each run is a fresh subprocess with one CPU thread (so peak RSS is that run's own), and the arms
 alternate plain, probed, plain, probed, ... so slow drift of a shared machine hits both alike.
@@ -18,6 +20,7 @@ overhead without the machine's noise.
 
     python benchmarks/overhead.py                 # the table of docs/results.md
     python benchmarks/overhead.py --repeats 7 --settings large
+    python benchmarks/overhead.py --bootstrap 0,16,64   # the bootstrap's cost
     python benchmarks/overhead.py --quick         # a smoke run: tiny data, one epoch, one repeat
 """
 
@@ -34,7 +37,7 @@ import sys
 import time
 from collections import defaultdict
 
-ARMS = ("plain", "probed")
+PLAIN = "plain"
 # pidsched-train overrides of each setting, and its epochs.
 SETTINGS: dict[str, tuple[tuple[str, ...], int]] = {
     # The default experiment (6,000 samples, 8 classes, 32-d modalities, MLP 64).
@@ -70,9 +73,18 @@ def parse_args(argv=None):
     parser.add_argument("--settings", default=",".join(SETTINGS), help="comma list of settings")
     parser.add_argument("--repeats", type=int, default=5, help="runs per arm and setting")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny, 1 epoch, 1 repeat")
+    parser.add_argument(
+        "--bootstrap", default="0", help="comma list of bootstrap replicates B, one probed arm each"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.settings = args.settings.split(",")
+    try:
+        args.bootstrap = [int(value) for value in args.bootstrap.split(",")]
+    except ValueError:
+        parser.error(f"--bootstrap must be a comma list of integers, got {args.bootstrap!r}")
+    if any(value < 0 for value in args.bootstrap) or len(set(args.bootstrap)) < len(args.bootstrap):
+        parser.error("--bootstrap values must be distinct integers >= 0")
     for name in args.settings:
         if name not in SETTINGS:
             parser.error(f"unknown setting {name!r}; choose from {','.join(SETTINGS)}")
@@ -121,8 +133,9 @@ def time_calls(owner, name: str, seconds: dict[str, float], key: str) -> None:
     setattr(owner, name, timed)
 
 
-def run_once(overrides: list[str], epochs: int, arm: str) -> dict:
-    """Train one arm; return fit wall time (s), peak RSS (MiB) and the callback's hook times."""
+def run_once(overrides: list[str], epochs: int, num_bootstrap: int | None) -> dict:
+    """Train one arm (``num_bootstrap`` None: plain); return fit wall time (s), peak RSS (MiB)
+    and the callback's hook times."""
     import lightning as L
     import torch
     from hydra import compose, initialize_config_module
@@ -145,15 +158,19 @@ def run_once(overrides: list[str], epochs: int, arm: str) -> dict:
     model = build_model(cfg.model, datamodule)
     model.set_training_stage("joint", frozenset())
     callbacks, hook_seconds, part_seconds = [], defaultdict(float), defaultdict(float)
-    if arm == "probed":
+    probed = num_bootstrap is not None
+    if probed:
         callback = PIDSchedulerCallback(
-            int(datamodule.num_classes), controller=ProbingJointController(), probe_every_n_epochs=1
+            int(datamodule.num_classes),
+            controller=ProbingJointController(),
+            probe_every_n_epochs=1,
+            num_bootstrap=num_bootstrap,
         )
         time_hooks(callback, hook_seconds)
         # Where the hooks' time goes: the solve, the probe record's logging, the metric update.
         time_calls(fastpid_module, "pid", part_seconds, "PID solve")
-        time_calls(callback, "_log_probe", part_seconds, "pl_module.log x 8")
-        time_calls(callback, "_update_metrics", part_seconds, "metric update")
+        time_calls(callback, "_log_probe", part_seconds, "pl_module.log")
+        time_calls(callback, "_update_metric", part_seconds, "metric update")
         callbacks.append(callback)
     trainer = L.Trainer(
         max_epochs=epochs,
@@ -170,7 +187,7 @@ def run_once(overrides: list[str], epochs: int, arm: str) -> dict:
     start = time.perf_counter()
     trainer.fit(model, datamodule=datamodule)
     fit_s = time.perf_counter() - start
-    if arm == "probed" and len(callbacks[0].history) != epochs:
+    if probed and len(callbacks[0].history) != epochs:
         raise RuntimeError(f"expected {epochs} probes, got {len(callbacks[0].history)}")
     return {
         "fit_s": fit_s,
@@ -184,32 +201,39 @@ def run_once(overrides: list[str], epochs: int, arm: str) -> dict:
 # --- the benchmark (parent process) --------------------------------------------------------
 
 
-def run_child(overrides: tuple[str, ...], epochs: int, arm: str) -> dict:
+def run_child(overrides: tuple[str, ...], epochs: int, num_bootstrap: int | None) -> dict:
     """One run in a fresh one-thread process; its result is the last line it prints."""
-    spec = json.dumps({"overrides": list(overrides), "epochs": epochs, "arm": arm})
+    spec = json.dumps(
+        {"overrides": list(overrides), "epochs": epochs, "num_bootstrap": num_bootstrap}
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     result = subprocess.run(
         [sys.executable, __file__, "--child", spec], capture_output=True, text=True, env=env
     )
     if result.returncode != 0:
+        arm = PLAIN if num_bootstrap is None else f"B={num_bootstrap}"
         raise RuntimeError(f"{arm} run failed:\n{result.stdout[-2000:]}{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def measure(setting: str, overrides: tuple[str, ...], epochs: int, repeats: int) -> dict:
-    """Alternate the arms ``repeats`` times; return every run's result per arm."""
-    runs = {arm: [] for arm in ARMS}
+def measure(
+    setting: str, overrides: tuple[str, ...], epochs: int, repeats: int, bootstraps: list[int]
+) -> dict:
+    """Alternate the arms ``repeats`` times; return every run's result per arm (None: plain)."""
+    arms: list[int | None] = [None, *bootstraps]
+    runs = {arm: [] for arm in arms}
     for repeat in range(repeats):
-        # Swap who goes first each repeat, so neither arm always follows the other.
-        for arm in ARMS if repeat % 2 == 0 else ARMS[::-1]:
+        # Reverse the order every other repeat, so no arm always follows the same one.
+        for arm in arms if repeat % 2 == 0 else arms[::-1]:
             runs[arm].append(run_child(overrides, epochs, arm))
-            last = runs[arm][-1]
-            print(f"  {setting} #{repeat} {arm}: fit {last['fit_s']:.2f} s", flush=True)
+            name = PLAIN if arm is None else f"probed B={arm}"
+            print(f"  {setting} #{repeat} {name}: fit {runs[arm][-1]['fit_s']:.2f} s", flush=True)
     return runs
 
 
-def summarize(runs: dict, epochs: int) -> dict:
-    """Median fit times, paired ratios, hook time per epoch and peak RSS of one setting."""
+def summarize(plain_runs: list[dict], probed_runs: list[dict], epochs: int) -> dict:
+    """Median fit times, paired ratios, hook time per epoch and peak RSS of one probed arm."""
+    runs = {"plain": plain_runs, "probed": probed_runs}
     plain = [r["fit_s"] for r in runs["plain"]]
     probed = [r["fit_s"] for r in runs["probed"]]
     ratios = [b / a for a, b in zip(plain, probed, strict=True)]
@@ -276,7 +300,7 @@ def hook_table(summaries: dict[str, dict]) -> str:
 
 def part_table(summaries: dict[str, dict]) -> str:
     """Parts of the callback's time, ms per epoch (median of the probed runs)."""
-    names = ("PID solve", "pl_module.log x 8", "metric update")
+    names = ("PID solve", "pl_module.log", "metric update")
     lines = [
         "| setting | " + " | ".join(names) + " | everything else | all hooks |",
         "|---|" + "---|" * (len(names) + 2),
@@ -293,15 +317,18 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.child:
         spec = json.loads(args.child)
-        print(json.dumps(run_once(spec["overrides"], spec["epochs"], spec["arm"])))
+        print(json.dumps(run_once(spec["overrides"], spec["epochs"], spec["num_bootstrap"])))
         return 0
     print(f"command: {shlex.join(['python', *sys.argv])}", flush=True)
     start = time.perf_counter()
     summaries = {}
     for setting in args.settings:
         overrides, epochs = QUICK if args.quick else SETTINGS[setting]
-        runs = measure(setting, overrides, epochs, args.repeats)
-        summaries[setting] = summarize(runs, epochs)
+        runs = measure(setting, overrides, epochs, args.repeats, args.bootstrap)
+        for num_bootstrap in args.bootstrap:
+            # Without bootstrap alone, the rows keep the setting's name (the docs' tables).
+            row = setting if args.bootstrap == [0] else f"{setting} B={num_bootstrap}"
+            summaries[row] = summarize(runs[None], runs[num_bootstrap], epochs)
     print()
     print(table(summaries))
     print()

@@ -412,6 +412,7 @@ def test_ddp_without_unused_parameters_fails_at_setup():
         ({"probe_buffer_size": 8.5}, ValueError, "probe_buffer_size"),
         ({"num_bootstrap": -1}, ValueError, "num_bootstrap"),
         ({"num_bootstrap": 1.5}, ValueError, "num_bootstrap"),
+        ({"num_bootstrap": 1}, ValueError, "at least 2"),
         ({"metric_factory": FastPID, "num_bootstrap": 8}, ValueError, "metric_factory"),
         ({"interval_level": 1.0}, ValueError, "interval_level"),
         ({"interval_level": True}, ValueError, "interval_level"),

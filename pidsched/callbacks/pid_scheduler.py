@@ -583,6 +583,11 @@ def _check_arguments(
         "validation samples held before one metric update; 1 updates on every batch",
     )
     check_int_at_least("num_bootstrap", num_bootstrap, 0, "bootstrap replicates per probe")
+    if num_bootstrap == 1:
+        raise ValueError(
+            "`num_bootstrap` must be 0 (no bootstrap) or at least 2 (an interval needs quantiles "
+            "of two or more replicates), got 1; use e.g. 64."
+        )
     if metric_factory is not None and num_bootstrap != 0:
         raise ValueError(
             "`num_bootstrap` configures the default FastPID metric; with `metric_factory` "
