@@ -2,15 +2,20 @@
 
 For each setting (the synthetic competition task, five UCI mfeat view pairs and one three-view
 mfeat setting) and each schedule (joint training, joint training on the fused loss alone,
-fixed two-stage, OGM-GE, the MI controller, the paper's settings ``pid_paper`` and pidsched's
-default ``pid``), ``pidsched-train`` runs one Hydra multirun over the seeds in a subprocess with
-one CPU thread, ``--jobs`` rows at a time (about 34 min for the whole table on 2 cores).
+fixed two-stage, OGM-GE, the MI controller, the paper's settings ``pid_paper``, pidsched's
+default ``pid``, and the four candidates for that default: ``pid_point`` (point estimates, a
+decision on every probe), ``pid_conf`` (``confidence``), ``pid_persist`` (``persistence``) and
+``pid_conf_persist`` (both)), ``pidsched-train`` runs one Hydra multirun over the seeds in a
+subprocess with one CPU thread, ``--jobs`` rows at a time (the seven original schedules took
+13-34 min for the whole table on 2 cores; choose rows with ``--settings``/``--schedules``).
 Every number is the validation-selected checkpoint's, tested once (``summary.json``). The
 paired difference to joint training compares runs with the same seed: the same initialisation,
 shuffling and data split.
 
     python benchmarks/schedules.py                    # the full table of docs/results.md
     python benchmarks/schedules.py --settings synthetic,fou+zer --seeds 3
+    python benchmarks/schedules.py --settings fou+zer,zer+mor --seeds 3 \
+        --schedules joint,pid_point,pid_conf,pid_persist,pid_conf_persist
     python benchmarks/schedules.py --quick            # a smoke run: one setting, one seed
     python benchmarks/schedules.py --report-from a/results.json b/results.json  # re-print
 
@@ -37,11 +42,44 @@ from pathlib import Path
 
 RUNS_DIR = Path(__file__).resolve().parent / "runs"
 # Table rows: a schedule config of conf/schedule/, or a name with the overrides it stands for.
-SCHEDULES = ("joint", "joint_fused", "fixed", "ogm_ge", "mi", "pid_paper", "pid")
+SCHEDULES = (
+    "joint",
+    "joint_fused",
+    "fixed",
+    "ogm_ge",
+    "mi",
+    "pid_paper",
+    "pid",
+    *("pid_point", "pid_conf", "pid_persist", "pid_conf_persist"),
+)
+# The evidence options of PIDController tried as candidates for the default (issue 11).
+CONFIDENCE = 0.9  # share of bootstrap replicates a pause or a synergy drop must hold on
+PERSISTENCE = 3  # consecutive probes a pause change or a synergy drop must hold on
+NUM_BOOTSTRAP = 50  # replicates per probe for the confidence variants
+
+
+def pid_variant(confidence: float | None, persistence: int) -> tuple[str, ...]:
+    """``schedule=pid`` with the controller's evidence options set explicitly."""
+    return (
+        "schedule=pid",
+        f"schedule.controller.confidence={'null' if confidence is None else confidence}",
+        f"schedule.controller.persistence={persistence}",
+        # Replicates only where the controller reads them: they cost a solve each.
+        f"++schedule.num_bootstrap={0 if confidence is None else NUM_BOOTSTRAP}",
+    )
+
+
 SCHEDULE_OVERRIDES = {
     # Joint training on the fused loss alone (no unimodal terms): the loss OGM-GE trains with,
     # and the usual setting in which modality competition is reported.
     "joint_fused": ("schedule=joint", "model.unimodal_weight=0"),
+    # The candidates for pidsched's default, independent of what conf/schedule/pid.yaml ships:
+    # the point-estimate rules (the default before issue 11), confidence only, persistence
+    # only, both.
+    "pid_point": pid_variant(None, 1),
+    "pid_conf": pid_variant(CONFIDENCE, 1),
+    "pid_persist": pid_variant(None, PERSISTENCE),
+    "pid_conf_persist": pid_variant(CONFIDENCE, PERSISTENCE),
 }
 BASELINE = "joint"
 # Switches every row off the things the table does not read: curves, loggers, progress bars.
@@ -53,8 +91,8 @@ QUIET_OVERRIDES = (
 )
 # Smoke runs have one unimodal epoch, fewer than the controllers' default minimum.
 QUICK_SCHEDULE_OVERRIDES = {
-    "mi": ("schedule.controller.min_unimodal_epochs=1",),
-    "pid": ("schedule.controller.min_unimodal_epochs=1",),
+    name: ("schedule.controller.min_unimodal_epochs=1",)
+    for name in ("mi", "pid", "pid_point", "pid_conf", "pid_persist", "pid_conf_persist")
 }
 
 

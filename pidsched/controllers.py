@@ -6,19 +6,23 @@ epoch) what to do next: which modality branches to pause and whether to end stag
 applies its decisions. Keeping the rules here lets them be tested on scripted measurement
 sequences and lets one callback run the method, its ablation and the classic baselines:
 
-- :class:`PIDController`: the paper's rule on each modality's unique information (the default).
-- :class:`MIController`: the same rule on each modality's mutual information I(X_m;Y).
+- :class:`PIDController`: the paper's rule on each modality's unique information (the default),
+  or with ``signal="mutual_information"`` on I(X_m;Y) (the paper's MI ablation); optional
+  evidence rules (``confidence`` on bootstrap replicates, ``persistence`` over probes).
+- :class:`MIController`: deprecated alias of ``PIDController(signal="mutual_information")``.
 - :class:`FixedController`: a fixed number of unimodal epochs, then joint; measures nothing.
 - :class:`JointController`: plain joint training from the first epoch; measures nothing.
 
 A probe is the history record documented in ``docs/architecture.md``: a mapping with at least
 ``"unique"`` and ``"mutual_information_per_modality"`` (``{modality: bits}``) and ``"synergy"``
-(bits).
+(bits), plus ``"replicates"`` (bootstrap replicates of the same quantities, or None) for
+controllers that need them.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -61,10 +65,14 @@ class Controller(ABC):
     Attributes:
         needs_measurements: whether :meth:`decide` uses probes; when False the callback never
             measures PID (no validation pass is needed for the schedule).
+        needs_replicates: whether :meth:`decide` needs the probe's bootstrap replicates; the
+            callback then requires ``num_bootstrap > 0``.
         initial_stage: the stage of the first training epoch.
     """
 
     needs_measurements: ClassVar[bool]
+    # A plain attribute, so that a subclass may set it per instance or compute it (a property).
+    needs_replicates: bool = False
 
     @property
     def initial_stage(self) -> str:
@@ -102,44 +110,110 @@ def _check_positive_float(name: str, value: Any) -> float:
     return float(value)
 
 
-class _RatioController(Controller):
-    """The paper's stage-1 rules on a per-modality information signal (bits).
+def _check_confidence(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(
+            f"`confidence` (the share of bootstrap replicates a decision must hold on) must be "
+            f"None or a number in (0, 1], got {value!r}; e.g. 0.9."
+        )
+    return float(value)
 
-    Pause rule: modality m is paused for the next epoch when its signal exceeds ``ratio`` times
-    the smallest signal among the other modalities (each clamped below at ``floor`` so that a
-    zero does not divide by zero); it trains again as soon as the ratio falls back. With two
-    modalities this is exactly "if U1/U2 > 3 pause modality 1, if U2/U1 > 3 pause modality 2".
-    The weakest modality can never be paused, so some branch always trains.
+
+# The probe key of each pause signal ({modality: bits}).
+SIGNAL_KEYS = {
+    "unique": "unique",
+    "mutual_information": "mutual_information_per_modality",
+}
+
+
+class PIDController(Controller):
+    """The paper's stage-1 rules on a per-modality information signal, optionally on evidence.
+
+    Signal (``signal``): ``"unique"`` reads ``probe["unique"]`` (U_m in bits; for more than two
+    modalities the uniqueness of m against the others' averaged prediction), the paper's
+    controller; ``"mutual_information"`` reads ``probe["mutual_information_per_modality"]``
+    (I(X_m;Y) in bits), the paper's MI ablation. Nothing else differs between the two.
+
+    Pause rule: modality m is a pause candidate when its signal exceeds ``ratio`` times the
+    smallest signal among the other modalities (each clamped below at ``floor`` bits so that a
+    zero does not divide by zero). With two modalities this is exactly "if U1/U2 > 3 pause
+    modality 1, if U2/U1 > 3 pause modality 2". The weakest modality is never a candidate, so
+    some branch always trains.
 
     End of stage 1, whichever comes first:
+
     - synergy below ``synergy_drop`` x its peak so far, once ``min_unimodal_epochs`` have passed;
-    - ``max_switches`` pause switches (a switch is a probe whose paused set is non-empty and
-      differs from the previous one; 0 disables this rule);
+    - ``max_switches`` pause switches (a switch is a change of the paused set to a non-empty set
+      different from the previous one; 0 disables this rule);
     - ``max_unimodal_epochs`` training epochs.
+
+    Evidence options (both off by default: the paper's rules exactly):
+
+    - ``confidence`` c: the ratio rule and the synergy drop are judged on the probe's bootstrap
+      replicates (``probe["replicates"]``, see ``docs/architecture.md``) instead of the point
+      estimate: m is a candidate only when it clears the ratio in at least a share c of the
+      replicates, and a synergy drop counts only when replicate synergy is below
+      ``synergy_drop`` x peak in at least a share c of them (the peak is the point estimates'
+      running maximum). Needs the callback's ``num_bootstrap > 0`` (``needs_replicates``).
+    - ``persistence`` k: a modality is paused only once it was a candidate on k consecutive
+      probes, and a synergy drop ends stage 1 only once it held on k consecutive probes;
+      unprobed epochs neither count nor break a streak. A paused modality trains again as soon
+      as it is no longer a candidate: training every branch is the default that needs no
+      evidence. This keeps early learning speed (one branch merely learning first) from being
+      read as dominance.
+
+    Args:
+        signal: ``"unique"`` or ``"mutual_information"``.
+        ratio: dominance factor (>= 1) that pauses a modality.
+        floor: bits below which a signal counts as this value.
+        synergy_drop: fraction (0, 1] of the peak synergy below which stage 1 ends.
+        min_unimodal_epochs: epochs before the synergy rule may end stage 1.
+        max_switches: pause switches that end stage 1; 0 disables this rule.
+        max_unimodal_epochs: epochs after which stage 1 ends regardless.
+        confidence: None (decide on the point estimate) or the share in (0, 1] of bootstrap
+            replicates a pause or a synergy drop must hold on.
+        persistence: consecutive probes (>= 1) a pause or a synergy drop must hold on.
+
+    Raises:
+        ValueError: an argument is out of range.
+
+    Example::
+
+        >>> controller = PIDController()
+        >>> probe = {"unique": {"audio": 0.9, "video": 0.1}, "synergy": 0.2}
+        >>> controller.decide(1, probe)
+        Decision(paused=frozenset({'audio'}), switch=False, peak=True)
     """
 
     needs_measurements: ClassVar[bool] = True
-    signal_key: ClassVar[str]
 
     def __init__(
         self,
-        ratio: float,
-        floor: float,
-        synergy_drop: float,
-        min_unimodal_epochs: int,
-        max_switches: int,
-        max_unimodal_epochs: int,
-        *,
-        ratio_name: str,
-        floor_name: str,
+        signal: str = "unique",
+        ratio: float = 3.0,
+        floor: float = 1e-3,
+        synergy_drop: float = 0.8,
+        min_unimodal_epochs: int = 5,
+        max_switches: int = 2,
+        max_unimodal_epochs: int = 200,
+        confidence: float | None = None,
+        persistence: int = 1,
     ) -> None:
-        self.ratio = _check_positive_float(ratio_name, ratio)
+        if signal not in SIGNAL_KEYS:
+            raise ValueError(
+                f"`signal` must be one of {sorted(SIGNAL_KEYS)}, got {signal!r}: 'unique' is "
+                "the paper's controller, 'mutual_information' its MI ablation."
+            )
+        self.signal = signal
+        self.ratio = _check_positive_float("ratio", ratio)
         if self.ratio < 1.0:
             raise ValueError(
-                f"`{ratio_name}` must be >= 1 (a dominance factor), got {ratio!r}; "
+                f"`ratio` must be >= 1 (a dominance factor), got {ratio!r}; "
                 "use e.g. 3.0 as in the paper."
             )
-        self.floor = _check_positive_float(floor_name, floor)
+        self.floor = _check_positive_float("floor", floor)
         self.synergy_drop = _check_positive_float("synergy_drop", synergy_drop)
         if self.synergy_drop > 1.0:
             raise ValueError(
@@ -161,23 +235,52 @@ class _RatioController(Controller):
                 f"`min_unimodal_epochs` ({min_unimodal_epochs}) must not exceed "
                 f"`max_unimodal_epochs` ({max_unimodal_epochs})."
             )
+        self.confidence = _check_confidence(confidence)
+        check_int_at_least(
+            "persistence", persistence, 1, "consecutive probes a decision must hold on"
+        )
+        self.persistence = persistence
         self.paused: frozenset[str] = frozenset()
         self.peak_synergy: float | None = None
         self.switches = 0
+        # Persistence state: per modality, the consecutive probes on which it was a pause
+        # candidate (absent: 0); the consecutive probes with a synergy drop.
+        self.candidate_streaks: dict[str, int] = {}
+        self.drop_streak = 0
+
+    @property
+    def needs_replicates(self) -> bool:
+        """True when ``confidence`` is set: decisions read the probe's bootstrap replicates."""
+        return self.confidence is not None
+
+    @property
+    def signal_key(self) -> str:
+        """The probe key of the signal: ``"unique"`` or ``"mutual_information_per_modality"``."""
+        return SIGNAL_KEYS[self.signal]
 
     def _signal(self, probe: Mapping[str, Any]) -> dict[str, float]:
         try:
             signal = probe[self.signal_key]
         except KeyError:
             raise ValueError(
-                f"{type(self).__name__} needs probe[{self.signal_key!r}] ({{modality: bits}}); "
-                f"the probe has keys {sorted(probe)}."
+                f"{type(self).__name__}(signal={self.signal!r}) needs probe[{self.signal_key!r}] "
+                f"({{modality: bits}}); the probe has keys {sorted(probe)}."
             ) from None
         if len(signal) < 2:
             raise ValueError(
                 f"probe[{self.signal_key!r}] must hold at least two modalities, got {dict(signal)}."
             )
         return {name: float(value) for name, value in signal.items()}
+
+    def _replicates(self, probe: Mapping[str, Any]) -> Mapping[str, Any]:
+        replicates = probe.get("replicates")
+        if replicates is None:
+            raise ValueError(
+                f"{type(self).__name__}(confidence={self.confidence}) decides on bootstrap "
+                "replicates but probe['replicates'] is missing or None; give "
+                "PIDSchedulerCallback `num_bootstrap` > 0, or set `confidence=None`."
+            )
+        return replicates
 
     def _dominant(self, signal: Mapping[str, float]) -> frozenset[str]:
         clamped = {name: max(value, self.floor) for name, value in signal.items()}
@@ -188,23 +291,72 @@ class _RatioController(Controller):
                 dominant.add(name)
         return frozenset(dominant)
 
+    def _candidates(self, probe: Mapping[str, Any], names: list[str]) -> frozenset[str]:
+        """The modalities that clear the ratio rule on this probe (see the class docstring)."""
+        if self.confidence is None:
+            return self._dominant(self._signal(probe))
+        per_modality = self._replicates(probe).get(self.signal_key)
+        if per_modality is None or set(per_modality) != set(names):
+            raise ValueError(
+                f"probe['replicates'][{self.signal_key!r}] must map each of {names} to a list "
+                f"of replicate values (bits), got {per_modality!r}."
+            )
+        columns = [[float(v) for v in per_modality[name]] for name in names]
+        counts = dict.fromkeys(names, 0)
+        for values in zip(*columns, strict=True):
+            # A NaN replicate clears no ratio (NaN > x is False): it counts against pausing.
+            for name in self._dominant(dict(zip(names, values, strict=True))):
+                counts[name] += 1
+        total = len(columns[0])
+        return frozenset(n for n in names if total and counts[n] >= self.confidence * total)
+
+    def _synergy_dropped(self, probe: Mapping[str, Any], synergy: float) -> bool:
+        """This probe's synergy is below ``synergy_drop`` x peak (point or replicate share)."""
+        if self.peak_synergy is None:
+            return False
+        threshold = self.synergy_drop * self.peak_synergy
+        if self.confidence is None:
+            return synergy < threshold
+        replicates = [float(v) for v in self._replicates(probe).get("synergy", ())]
+        if not replicates:
+            raise ValueError(
+                "probe['replicates']['synergy'] must be a non-empty list of replicate synergies "
+                f"(bits) when `confidence` is set, got {self._replicates(probe).get('synergy')!r}."
+            )
+        below = sum(value < threshold for value in replicates)
+        return below >= self.confidence * len(replicates)
+
+    def _persistent_paused(self, candidates: frozenset[str]) -> frozenset[str]:
+        """The candidates that have been candidates on ``persistence`` consecutive probes."""
+        self.candidate_streaks = {
+            name: self.candidate_streaks.get(name, 0) + 1 for name in sorted(candidates)
+        }
+        return frozenset(
+            name for name, streak in self.candidate_streaks.items() if streak >= self.persistence
+        )
+
     def decide(self, epochs_completed: int, probe: Mapping[str, Any] | None) -> Decision:
         """Apply the pause and end-of-stage rules (see the class docstring).
 
         Args:
             epochs_completed: training epochs finished so far.
-            probe: this epoch's history record, or None when the epoch was not probed (then only
-                ``max_unimodal_epochs`` can end the stage and the paused set is kept).
+            probe: this epoch's history record (with ``"replicates"`` when ``confidence`` is
+                set), or None when the epoch was not probed or its probe is not certified (then
+                only ``max_unimodal_epochs`` can end the stage and the paused set is kept).
 
         Returns:
             The decision for the next epoch.
+
+        Raises:
+            ValueError: the probe lacks the signal, or the replicates ``confidence`` needs.
         """
         _check_non_negative_int("epochs_completed", epochs_completed)
         out_of_epochs = epochs_completed >= self.max_unimodal_epochs
         if probe is None:
             return Decision(paused=self.paused, switch=out_of_epochs)
 
-        paused = self._dominant(self._signal(probe))
+        names = list(self._signal(probe))
+        paused = self._persistent_paused(self._candidates(probe, names))
         if paused and paused != self.paused:
             self.switches += 1
         self.paused = paused
@@ -213,137 +365,80 @@ class _RatioController(Controller):
         is_peak = not math.isnan(synergy) and (
             self.peak_synergy is None or synergy > self.peak_synergy
         )
+        # Judged against the peak before this probe; a new peak is never a drop.
+        dropped = (
+            not is_peak
+            and epochs_completed >= self.min_unimodal_epochs
+            and self._synergy_dropped(probe, synergy)
+        )
+        self.drop_streak = self.drop_streak + 1 if dropped else 0
         if is_peak:
             self.peak_synergy = synergy
-        synergy_dropped = (
-            epochs_completed >= self.min_unimodal_epochs
-            and self.peak_synergy is not None
-            and synergy < self.synergy_drop * self.peak_synergy
-        )
+        synergy_ended = self.drop_streak >= self.persistence
         too_many_switches = self.max_switches > 0 and self.switches >= self.max_switches
-        switch = out_of_epochs or synergy_dropped or too_many_switches
+        switch = out_of_epochs or synergy_ended or too_many_switches
         return Decision(paused=paused, switch=switch, peak=is_peak)
 
     def state_dict(self) -> dict[str, Any]:
-        """Return ``{"paused": [names], "peak_synergy": bits | None, "switches": int}``."""
+        """Return the decision state as plain values (names sorted, bits, counts)."""
         return {
             "paused": sorted(self.paused),
             "peak_synergy": self.peak_synergy,
             "switches": self.switches,
+            "candidate_streaks": dict(sorted(self.candidate_streaks.items())),
+            "drop_streak": self.drop_streak,
         }
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Restore the state returned by :meth:`state_dict`."""
+        """Restore the state returned by :meth:`state_dict` (older states lack the streaks)."""
         self.paused = frozenset(state_dict.get("paused", ()))
         peak = state_dict.get("peak_synergy")
         self.peak_synergy = None if peak is None else float(peak)
         self.switches = int(state_dict.get("switches", 0))
+        # A state saved before persistence existed: its paused set had held for one probe.
+        streaks = state_dict.get("candidate_streaks", dict.fromkeys(self.paused, 1))
+        self.candidate_streaks = {str(name): int(streak) for name, streak in streaks.items()}
+        self.drop_streak = int(state_dict.get("drop_streak", 0))
 
 
-class PIDController(_RatioController):
-    """The paper's controller: pause a branch whose unique information dominates.
+class MIController(PIDController):
+    """Deprecated: ``PIDController(signal="mutual_information", ...)``, the paper's MI ablation.
 
-    Signal: ``probe["unique"]`` (U_m in bits; for more than two modalities the uniqueness of m
-    against the others' averaged prediction).
-
-    Pause rule: modality m is paused for the next epoch when U_m exceeds ``uniqueness_ratio``
-    times the smallest uniqueness among the other modalities (each clamped below at
-    ``uniqueness_floor`` bits); it trains again when the ratio falls back. For two modalities
-    this is the paper's "if U1/U2 > 3 drop modality 1's loss".
-
-    End of stage 1, whichever comes first: synergy below ``synergy_drop`` x its peak once
-    ``min_unimodal_epochs`` have passed; ``max_switches`` pause switches (a probe whose paused set
-    is non-empty and differs from the previous one); ``max_unimodal_epochs`` epochs.
-
-    Args:
-        uniqueness_ratio: dominance factor (>= 1) that pauses a modality.
-        uniqueness_floor: bits below which a uniqueness counts as this value.
-        synergy_drop: fraction (0, 1] of the peak synergy below which stage 1 ends.
-        min_unimodal_epochs: epochs before the synergy rule may end stage 1.
-        max_switches: pause switches that end stage 1; 0 disables this rule.
-        max_unimodal_epochs: epochs after which stage 1 ends regardless.
+    Builds exactly that controller and emits a ``FutureWarning``. The old argument names
+    ``mi_ratio`` and ``mi_floor`` are still accepted for old configs and mean ``ratio`` and
+    ``floor``; every other argument is :class:`PIDController`'s.
 
     Raises:
-        ValueError: an argument is out of range.
-
-    Example::
-
-        >>> controller = PIDController()
-        >>> probe = {"unique": {"audio": 0.9, "video": 0.1}, "synergy": 0.2}
-        >>> controller.decide(1, probe)
-        Decision(paused=frozenset({'audio'}), switch=False, peak=True)
+        ValueError: an old name is given together with its new name, or an argument is out of
+            range.
     """
-
-    signal_key: ClassVar[str] = "unique"
 
     def __init__(
         self,
-        uniqueness_ratio: float = 3.0,
-        uniqueness_floor: float = 1e-3,
-        synergy_drop: float = 0.8,
-        min_unimodal_epochs: int = 5,
-        max_switches: int = 2,
-        max_unimodal_epochs: int = 200,
+        *,
+        mi_ratio: float | None = None,
+        mi_floor: float | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            uniqueness_ratio,
-            uniqueness_floor,
-            synergy_drop,
-            min_unimodal_epochs,
-            max_switches,
-            max_unimodal_epochs,
-            ratio_name="uniqueness_ratio",
-            floor_name="uniqueness_floor",
+        warnings.warn(
+            "MIController is deprecated; use PIDController(signal='mutual_information') "
+            "(schedule=mi) instead.",
+            FutureWarning,
+            stacklevel=2,
         )
-
-
-class MIController(_RatioController):
-    """The paper's MI-based ablation: the PID controller's rules on I(X_m;Y) instead of U_m.
-
-    Signal: ``probe["mutual_information_per_modality"]`` (bits). Only the pause signal differs
-    from :class:`PIDController`; stage 1 still ends on the synergy drop, the switch count or
-    the epoch budget.
-
-    Args:
-        mi_ratio: dominance factor (>= 1) that pauses a modality.
-        mi_floor: bits below which a mutual information counts as this value.
-        synergy_drop: fraction (0, 1] of the peak synergy below which stage 1 ends.
-        min_unimodal_epochs: epochs before the synergy rule may end stage 1.
-        max_switches: pause switches that end stage 1; 0 disables this rule.
-        max_unimodal_epochs: epochs after which stage 1 ends regardless.
-
-    Raises:
-        ValueError: an argument is out of range.
-
-    Example::
-
-        >>> controller = MIController()
-        >>> probe = {"mutual_information_per_modality": {"a": 0.1, "b": 0.5}, "synergy": 0.2}
-        >>> controller.decide(1, probe).paused
-        frozenset({'b'})
-    """
-
-    signal_key: ClassVar[str] = "mutual_information_per_modality"
-
-    def __init__(
-        self,
-        mi_ratio: float = 3.0,
-        mi_floor: float = 1e-3,
-        synergy_drop: float = 0.8,
-        min_unimodal_epochs: int = 5,
-        max_switches: int = 2,
-        max_unimodal_epochs: int = 200,
-    ) -> None:
-        super().__init__(
-            mi_ratio,
-            mi_floor,
-            synergy_drop,
-            min_unimodal_epochs,
-            max_switches,
-            max_unimodal_epochs,
-            ratio_name="mi_ratio",
-            floor_name="mi_floor",
-        )
+        for old, new, value in (("mi_ratio", "ratio", mi_ratio), ("mi_floor", "floor", mi_floor)):
+            if value is None:
+                continue
+            if new in kwargs:
+                raise ValueError(f"Give `{new}` or the deprecated `{old}`, not both.")
+            kwargs[new] = value
+        if kwargs.get("signal", "mutual_information") != "mutual_information":
+            raise ValueError(
+                f"MIController always uses signal='mutual_information', got "
+                f"signal={kwargs['signal']!r}; use PIDController for other signals."
+            )
+        kwargs["signal"] = "mutual_information"
+        super().__init__(**kwargs)
 
 
 class FixedController(Controller):

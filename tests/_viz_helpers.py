@@ -15,6 +15,8 @@ def fabricated_history(
     paused_epochs: dict[str, Container[int]] | None = None,
     probe_every: int = 1,
     offset: float = 0.0,
+    interval_width: float | None = None,
+    uncertified_epochs: Container[int] = (),
 ) -> list[dict[str, Any]]:
     """Probe records with smooth, distinct values so that tests can tell the series apart.
 
@@ -25,6 +27,10 @@ def fabricated_history(
         paused_epochs: modality -> epochs at which the record lists it as paused.
         probe_every: epochs between probes.
         offset: added to every information value (bits), to tell runs apart.
+        interval_width: when given, each probe has a 90 % ``interval`` of ``value -
+            interval_width`` to ``value + 2 * interval_width`` (bits) for every atom, and a
+            ``certified`` flag; None: records as written before bootstrap intervals existed.
+        uncertified_epochs: epochs whose probe is recorded with ``certified: False``.
     """
     paused_epochs = paused_epochs if paused_epochs is not None else {modalities[0]: range(2, 4)}
     records = []
@@ -56,7 +62,23 @@ def fabricated_history(
                 "val_acc": {**heads, "fused": round(offset + 0.35 + 0.04 * probe, 6)},
             }
         )
+        if interval_width is not None:
+            records[-1]["certified"] = epoch not in uncertified_epochs
+            records[-1]["interval"] = _interval(records[-1], interval_width)
     return records
+
+
+def _interval(record: dict[str, Any], width: float) -> dict[str, Any]:
+    """An asymmetric interval around each atom (low = value - width, high = value + 2 width)."""
+
+    def around(value: float) -> list[float]:
+        return [round(value - width, 6), round(value + 2 * width, 6)]
+
+    return {
+        "level": 0.9,
+        "unique": {name: around(value) for name, value in record["unique"].items()},
+        **{atom: around(record[atom]) for atom in ("redundancy", "synergy", "mutual_information")},
+    }
 
 
 def fit_tiny_pid_run(

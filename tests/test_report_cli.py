@@ -150,3 +150,12 @@ def test_cli_reports_missing_or_unreadable_histories(tmp_path, capsys, setup, me
     with pytest.raises(SystemExit):
         report_cli.main([str(path)])
     assert message in capsys.readouterr().err
+
+
+def test_cli_draws_bands_and_names_the_uncertified_probes(tmp_path, drawn, capsys):
+    _write_run(tmp_path, interval_width=0.01, uncertified_epochs={3, 5})
+    assert report_cli.main([str(tmp_path)]) == 0
+    (plot,) = drawn
+    assert plot.get("synergy", tmp_path.name, "synergy").has_band
+    out = capsys.readouterr().out
+    assert "2 probe(s) not certified" in out and "epochs 3, 5" in out

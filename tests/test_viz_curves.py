@@ -142,3 +142,26 @@ def test_overlay_of_runs_that_switched_together_keeps_the_shading(tmp_path):
 def test_bad_arguments_are_rejected_with_a_message(tmp_path, histories, error, match):
     with pytest.raises(error, match=match):
         plot_pid_curves(histories, tmp_path / "p.png")
+
+
+def test_intervals_are_drawn_as_bands_and_uncertified_probes_as_hollow_markers(tmp_path):
+    records = fabricated_history(interval_width=0.01, uncertified_epochs={1, 4})
+    plot = plot_pid_curves({"run": records}, tmp_path / "pid_curves.png")
+    unique = plot.get("unique", "run", "video")
+    assert unique.has_band
+    assert unique.lows == tuple(round(r["unique"]["video"] - 0.01, 6) for r in records)
+    assert unique.highs == tuple(round(r["unique"]["video"] + 0.02, 6) for r in records)
+    for quantity in INFORMATION:
+        line = plot.get(quantity, "run", quantity)
+        assert line.highs == tuple(round(r[quantity] + 0.02, 6) for r in records)
+        assert line.uncertified_epochs == (1, 4)
+    assert not plot.get("val_acc", "run", "fused").has_band
+    assert "band: 90% bootstrap interval of the line" in plot.legend
+    assert "hollow marker: probe not certified (no decision taken on it)" in plot.legend
+
+
+def test_no_band_nor_hollow_marker_without_intervals(tmp_path):
+    plot = plot_pid_curves({"run": fabricated_history()}, tmp_path / "pid_curves.png")
+    assert not any(line.has_band or line.uncertified_epochs for line in plot.series)
+    assert all(math.isnan(low) for line in plot.series for low in line.lows)
+    assert not any(label.startswith(("band", "hollow")) for label in plot.legend)

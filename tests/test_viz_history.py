@@ -137,3 +137,34 @@ def test_non_finite_values_never_reach_the_json(tmp_path):
     records[0]["gap"] = math.inf
     path = write_history_json(RunHistory.from_records(records), tmp_path / "h.json")
     assert json.loads(path.read_text())["records"][0]["gap"] is None
+
+
+def test_intervals_and_certified_round_trip_through_json_and_csv(tmp_path):
+    records = fabricated_history(modalities=THREE, interval_width=0.01, uncertified_epochs={2})
+    run = RunHistory.from_records(records)
+    from_json = read_history_json(write_history_json(run, tmp_path / "h.json"))
+    path = write_history_csv(run, tmp_path / "h.csv")
+    assert from_json.records == run.records
+    assert read_history_csv(path).records == run.records
+
+    with path.open(newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert [row["certified"] for row in rows[:4]] == ["True", "True", "False", "True"]
+    assert float(rows[3]["interval_level"]) == 0.9
+    unique = records[3]["unique"]["fac"]
+    assert float(rows[3]["unique_low/fac"]) == round(unique - 0.01, 6)
+    assert float(rows[3]["unique_high/fac"]) == round(unique + 0.02, 6)
+    assert float(rows[3]["synergy_high"]) == round(records[3]["synergy"] + 0.02, 6)
+    assert "interval" not in rows[0] and "interval/unique" not in rows[0]
+
+
+def test_histories_without_intervals_read_as_before(tmp_path):
+    records = fabricated_history()
+    records[0]["interval"] = None  # a probe without bootstrap
+    run = RunHistory.from_records(records)
+    columns, _ = history_columns(run)
+    assert not any("_low" in c or "_high" in c or c == "certified" for c in columns)
+    assert "interval" not in run.records[0]
+    loaded = read_history_csv(write_history_csv(run, tmp_path / "h.csv"))
+    assert loaded.records == run.records and "certified" not in loaded.records[0]
+    assert read_history_json(write_history_json(run, tmp_path / "h.json")).records == run.records

@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import pidsched.viz.wandb_logging as wandb_logging
 from pidsched.viz import PIDReportCallback, RunHistory, create_wandb_logger, resolve_wandb_mode
 from pidsched.viz.history import history_columns
-from pidsched.viz.wandb_logging import information_chart, print_sync_hint
+from pidsched.viz.wandb_logging import history_table, information_chart, print_sync_hint
 
 MODALITIES = ("audio", "video")
 PID_SCALARS = {
@@ -143,6 +143,22 @@ def test_information_chart_marks_the_stage_switch_between_the_probes():
     assert synergy == [record["synergy"] for record in run.records]
     keys = {row["lineKey"] for row in rows}
     assert {"unique information of audio (bits)", "redundancy (bits)"} <= keys
+    assert not any("interval" in key for key in keys)
+
+
+def test_information_chart_and_table_carry_the_interval_ends_and_certified():
+    records = fabricated_history(num_probes=4, interval_width=0.01, uncertified_epochs={2})
+    run = RunHistory.from_records(records)
+    table = information_chart(run).table
+    rows = [dict(zip(table.columns, row, strict=True)) for row in table.data]
+    low = [row["lineVal"] for row in rows if row["lineKey"] == "synergy: 90% interval low (bits)"]
+    high = [r["lineVal"] for r in rows if r["lineKey"] == "synergy: 90% interval high (bits)"]
+    assert low == [round(r["synergy"] - 0.01, 6) for r in records]
+    assert high == [round(r["synergy"] + 0.02, 6) for r in records]
+    history = history_table(run)
+    assert {"certified", "unique_low/audio", "unique_high/video"} <= set(history.columns)
+    certified = history.columns.index("certified")
+    assert [row[certified] for row in history.data] == [True, True, False, True]
 
 
 @pytest.mark.slow

@@ -9,7 +9,9 @@ Usage::
 Each RUN_DIR is a run directory holding ``pid_history.json`` (written by ``pidsched-train`` /
 `PIDReportCallback`), that file itself, or a directory with such run directories below it (a
 Hydra multirun sweep). Runs are labelled by their Hydra overrides (``.hydra/overrides.yaml``)
-without those shared by all runs, else by their paths.
+without those shared by all runs, else by their paths. Probes with bootstrap intervals are drawn
+with bands; probes that were not certified (no decision was taken on them) with hollow markers,
+and their count is printed.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from pidsched.viz.curves import CURVES_PNG_NAME, plot_pid_curves
-from pidsched.viz.history import HISTORY_JSON_NAME, RunHistory, read_history_json
+from pidsched.viz.history import HISTORY_JSON_NAME, RunHistory, is_certified, read_history_json
 
 OVERLAY_PNG_NAME = "pid_curves_overlay.png"
 HYDRA_OVERRIDES = Path(".hydra") / "overrides.yaml"
@@ -71,7 +73,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
     print(f"pidsched-report: wrote {plot.path} ({len(histories)} run(s): {', '.join(histories)})")
+    for label, history in histories.items():
+        epochs = uncertified_epochs(history)
+        if epochs:
+            print(
+                f"pidsched-report: {label}: {len(epochs)} probe(s) not certified, no decision "
+                f"taken on them (hollow markers): epochs {', '.join(map(str, epochs))}"
+            )
     return 0
+
+
+def uncertified_epochs(history: RunHistory) -> list[int]:
+    """The epochs of the run's probes recorded with ``certified: False``."""
+    return [record["epoch"] for record in history.records if not is_certified(record)]
 
 
 def find_history_files(paths: Sequence[Path]) -> list[Path]:

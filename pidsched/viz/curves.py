@@ -8,7 +8,11 @@
   marked; when overlaid runs switched at different epochs, each run's switch is a line in its
   colour instead;
 - a strip showing when each modality was paused;
-- the validation accuracy of each modality's head and of the fused model underneath.
+- the validation accuracy of each modality's head and of the fused model underneath;
+- where the probes carry bootstrap intervals (``record["interval"]``), a band around each
+  information line from the interval's low to its high end;
+- probes whose PID solve was not certified (``record["certified"] is False``: no decision was
+  taken on them) as hollow markers, with a legend entry saying so.
 
 It returns a `PIDCurvesPlot` holding exactly the numbers drawn, so tests check data, not pixels.
 Drawing uses matplotlib's Agg canvas directly (no pyplot state, no display needed).
@@ -34,7 +38,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from pidsched.viz.history import RunHistory
+from pidsched.viz.history import RunHistory, interval_bounds, is_certified
 
 CURVES_PNG_NAME = "pid_curves.png"
 
@@ -49,6 +53,7 @@ QUANTITY_COLORS = {"redundancy": "tab:purple", "synergy": "tab:red", "mutual_inf
 LINE_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)))
 SWITCH_LINE_STYLE = (0, (10, 4))
 MARKERS = ("o", "s", "^", "D", "v", "P")
+BAND_ALPHA = 0.18
 # A point at epoch e stands for training epoch e, drawn as the band [e - 0.5, e + 0.5]: the
 # stage switch and the paused bars fall between probe points, never on one.
 EPOCH_HALF_WIDTH = 0.5
@@ -68,6 +73,11 @@ class PlottedSeries:
             or the panel's quantity itself.
         epochs: the probe epochs, shape (P,).
         values: the value at each probe, shape (P,); NaN where a probe did not record it.
+        lows: the bootstrap interval's low end at each probe, shape (P,); NaN where the probe
+            has no interval (always NaN for ``"val_acc"``).
+        highs: the interval's high end, shape (P,), like ``lows``.
+        certified: whether each probe was certified, shape (P,); True for records without
+            the key (files written before it existed).
     """
 
     panel: str
@@ -75,6 +85,19 @@ class PlottedSeries:
     name: str
     epochs: tuple[int, ...]
     values: tuple[float, ...]
+    lows: tuple[float, ...]
+    highs: tuple[float, ...]
+    certified: tuple[bool, ...]
+
+    @property
+    def has_band(self) -> bool:
+        """Whether any probe of this line has an interval (a band was drawn)."""
+        return any(not math.isnan(low) for low in self.lows)
+
+    @property
+    def uncertified_epochs(self) -> tuple[int, ...]:
+        """The probe epochs drawn as hollow markers (not certified)."""
+        return tuple(e for e, ok in zip(self.epochs, self.certified, strict=True) if not ok)
 
 
 @dataclass(frozen=True)
@@ -173,12 +196,25 @@ def _run_series(label: str, run: RunHistory) -> list[PlottedSeries]:
         *((quantity, quantity, (quantity,)) for quantity in INFORMATION_PANELS[1:]),
         *((ACCURACY_PANEL, head, (ACCURACY_PANEL, head)) for head in _head_names(run)),
     ]
+    certified = tuple(is_certified(record) for record in records)
     series = []
     for panel, name, keys in wanted:
         values = tuple(_number(_lookup(record, keys)) for record in records)
-        if any(not math.isnan(value) for value in values):
-            series.append(PlottedSeries(panel, label, name, epochs, values))
+        if all(math.isnan(value) for value in values):
+            continue
+        bounds = [_bounds(record, panel, name) for record in records]
+        lows = tuple(low for low, _ in bounds)
+        highs = tuple(high for _, high in bounds)
+        series.append(PlottedSeries(panel, label, name, epochs, values, lows, highs, certified))
     return series
+
+
+def _bounds(record: Mapping[str, Any], panel: str, name: str) -> tuple[float, float]:
+    """The probe's interval of the line ``(panel, name)``; NaNs without one."""
+    if panel == ACCURACY_PANEL:
+        return math.nan, math.nan
+    bounds = interval_bounds(record, panel, name if panel == "unique" else None)
+    return bounds if bounds is not None else (math.nan, math.nan)
 
 
 def _lookup(record: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
@@ -310,12 +346,10 @@ def _draw_figure(
         ax.grid(alpha=0.3)
 
     for line in series:
-        axes[line.panel].plot(
-            line.epochs, line.values, markersize=4, **styles.line(line.panel, line.run, line.name)
-        )
+        _draw_line(axes[line.panel], line, styles.line(line.panel, line.run, line.name))
     _label_panels(axes, series, styles, len(modality_names))
     _draw_paused_strip(axes["paused"], paused, styles)
-    legend = _add_figure_legend(figure, runs, styles, shared_shading)
+    legend = _add_figure_legend(figure, runs, styles, shared_shading, series)
 
     heading = title or "What each modality tells about the label during two-stage training"
     if not overlay:
@@ -326,6 +360,36 @@ def _draw_figure(
         fontsize=12,
     )
     return figure, legend
+
+
+def _draw_line(ax: Axes, line: PlottedSeries, style: dict[str, Any]) -> None:
+    """The line, its interval band, and hollow markers on its uncertified probes."""
+    ax.plot(line.epochs, line.values, markersize=4, **style)
+    if line.has_band:
+        ax.fill_between(
+            line.epochs,
+            line.lows,
+            line.highs,
+            color=style["color"],
+            alpha=BAND_ALPHA,
+            linewidth=0,
+            zorder=1,
+        )
+    probes = zip(line.epochs, line.values, line.certified, strict=True)
+    uncertified = [(epoch, value) for epoch, value, ok in probes if not ok]
+    if uncertified:
+        xs, ys = zip(*uncertified, strict=True)
+        ax.plot(
+            xs,
+            ys,
+            linestyle="none",
+            marker=style["marker"],
+            markersize=7,
+            markerfacecolor="white",
+            markeredgecolor=style["color"],
+            markeredgewidth=1.4,
+            zorder=3,
+        )
 
 
 def _epoch_limits(runs: dict[str, RunHistory]) -> tuple[float, float]:
@@ -458,10 +522,32 @@ def _draw_paused_strip(
 
 
 def _add_figure_legend(
-    figure: Figure, runs: dict[str, RunHistory], styles: _Styles, shared_shading: bool
+    figure: Figure,
+    runs: dict[str, RunHistory],
+    styles: _Styles,
+    shared_shading: bool,
+    series: list[PlottedSeries],
 ) -> list[str]:
     handles: list[Any] = []
     labels: list[str] = []
+    levels = {
+        record["interval"].get("level")
+        for run in runs.values()
+        for record in run.records
+        if isinstance(record.get("interval"), Mapping)
+    }
+    if any(line.has_band for line in series):
+        handles.append(Patch(color="0.35", alpha=BAND_ALPHA * 2))
+        level = next(iter(levels)) if len(levels) == 1 else None
+        share = f"{level:.0%} " if isinstance(level, (int, float)) else ""
+        labels.append(f"band: {share}bootstrap interval of the line")
+    if any(line.uncertified_epochs for line in series):
+        handles.append(
+            Line2D(
+                [], [], linestyle="none", marker="o", markerfacecolor="white", markeredgecolor="0.3"
+            )
+        )
+        labels.append("hollow marker: probe not certified (no decision taken on it)")
     if shared_shading:
         switch = next(iter(runs.values())).switch_epoch
         handles.append(Patch(color=STAGE_1_COLOR))

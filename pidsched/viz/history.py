@@ -11,6 +11,13 @@ A run's history is the callback's ``history`` list (one plain record per probe, 
 Information quantities are in bits throughout. Missing values (a probe without validation
 accuracy, a NaN) are written as JSON ``null`` / an empty CSV cell and read back as absent keys.
 
+Bootstrap intervals (``record["interval"]``: ``{"level": 0.9, "unique": {m: [low, high]},
+"redundancy": [low, high], ...}``) become the CSV columns ``interval_level``,
+``unique_low/<m>``, ``unique_high/<m>``, ``redundancy_low``, ``redundancy_high``, ... and are
+rebuilt on reading (a record's ``"interval": None``, a probe without bootstrap, is stored as
+no key); ``certified`` (whether the probe's solve was certified and so decided
+on) is a ``True``/``False`` column. Files written before these keys existed read as before.
+
 Example::
 
     run = RunHistory.from_callback(scheduler_callback)
@@ -39,6 +46,13 @@ STAGES = ("unimodal", "joint")
 PAUSED_KEY = "paused"
 # Separates a record key from a modality (or head) name in flat column names.
 COLUMN_SEPARATOR = "/"
+# The bootstrap interval of a probe: record[INTERVAL_KEY][atom] is [low, high] (bits), or
+# {modality: [low, high]} for "unique"; its CSV columns are <atom>_low and <atom>_high.
+INTERVAL_KEY = "interval"
+INTERVAL_ATOMS = ("unique", "redundancy", "synergy", "mutual_information")
+INTERVAL_LEVEL_COLUMN = "interval_level"
+INTERVAL_ENDS = ("_low", "_high")
+CERTIFIED_KEY = "certified"
 
 ProbeRecord = dict[str, Any]
 
@@ -176,7 +190,9 @@ def flatten_record(record: Mapping[str, Any], modality_names: Sequence[str]) -> 
     """
     row: dict[str, Any] = {}
     for key, value in record.items():
-        if key == PAUSED_KEY:
+        if key == INTERVAL_KEY:
+            row.update(_flat_interval(value))
+        elif key == PAUSED_KEY:
             paused = set(value)
             for name in dict.fromkeys([*modality_names, *value]):
                 row[f"{key}{COLUMN_SEPARATOR}{name}"] = int(name in paused)
@@ -194,7 +210,9 @@ def unflatten_row(row: Mapping[str, Any]) -> ProbeRecord:
     record: ProbeRecord = {}
     for column, value in row.items():
         key, separator, name = column.partition(COLUMN_SEPARATOR)
-        if not separator:
+        if _is_interval_column(key):
+            _add_interval_column(record.setdefault(INTERVAL_KEY, {}), key, name, value)
+        elif not separator:
             record[key] = value
         elif key == PAUSED_KEY:
             paused = record.setdefault(PAUSED_KEY, [])
@@ -203,6 +221,65 @@ def unflatten_row(row: Mapping[str, Any]) -> ProbeRecord:
         else:
             record.setdefault(key, {})[name] = value
     return record
+
+
+def interval_bounds(record: Mapping[str, Any], atom: str, name: str | None = None) -> Any:
+    """``(low, high)`` in bits of ``atom`` (of modality ``name`` for ``"unique"``), or None.
+
+    None when the probe has no bootstrap interval (``record["interval"]`` absent or None) or
+    lacks that atom.
+    """
+    interval = record.get(INTERVAL_KEY)
+    bounds = interval.get(atom) if isinstance(interval, Mapping) else None
+    if name is not None:
+        bounds = bounds.get(name) if isinstance(bounds, Mapping) else None
+    if not isinstance(bounds, (list, tuple)) or len(bounds) != 2 or None in bounds:
+        return None
+    return float(bounds[0]), float(bounds[1])
+
+
+def is_certified(record: Mapping[str, Any]) -> bool:
+    """Whether a probe was certified (decided on); records older than the key count as True."""
+    return record.get(CERTIFIED_KEY) is not False
+
+
+def _flat_interval(interval: Any) -> dict[str, Any]:
+    """``interval_level``, ``<atom>_low`` / ``<atom>_high`` (per modality for ``unique``)."""
+    if not isinstance(interval, Mapping):
+        return {}
+    row: dict[str, Any] = {}
+    if interval.get("level") is not None:
+        row[INTERVAL_LEVEL_COLUMN] = interval["level"]
+    for atom in INTERVAL_ATOMS:
+        bounds = interval.get(atom)
+        per_name = bounds.items() if isinstance(bounds, Mapping) else [(None, bounds)]
+        for name, pair in per_name:
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                continue
+            for end, value in zip(INTERVAL_ENDS, pair, strict=True):
+                if value is not None:
+                    suffix = "" if name is None else f"{COLUMN_SEPARATOR}{name}"
+                    row[f"{atom}{end}{suffix}"] = value
+    return row
+
+
+def _is_interval_column(key: str) -> bool:
+    return key == INTERVAL_LEVEL_COLUMN or any(
+        key == f"{atom}{end}" for atom in INTERVAL_ATOMS for end in INTERVAL_ENDS
+    )
+
+
+def _add_interval_column(interval: dict[str, Any], key: str, name: str, value: Any) -> None:
+    if key == INTERVAL_LEVEL_COLUMN:
+        interval["level"] = value
+        return
+    atom, _, end = key.rpartition("_")
+    index = 0 if end == "low" else 1
+    if name:
+        pair = interval.setdefault(atom, {}).setdefault(name, [None, None])
+    else:
+        pair = interval.setdefault(atom, [None, None])
+    pair[index] = value
 
 
 def history_columns(history: RunHistory) -> tuple[list[str], list[dict[str, Any]]]:
@@ -263,6 +340,10 @@ def _validated_record(record: Any, index: int) -> ProbeRecord:
     if plain.get("stage") not in STAGES:
         raise ValueError(f"records[{index}] needs 'stage' in {STAGES}, got {plain.get('stage')!r}.")
     plain.setdefault(PAUSED_KEY, [])
+    # "interval": None (a probe without bootstrap) and no key mean the same; one form keeps the
+    # JSON and CSV round trips equal.
+    if INTERVAL_KEY in plain and plain[INTERVAL_KEY] is None:
+        del plain[INTERVAL_KEY]
     return plain
 
 

@@ -6,7 +6,10 @@ cannot show:
 
 - one line chart of the unique information of each modality, the redundancy and the synergy
   over epochs, with the stage switch drawn as a vertical line (``wandb.plot.line_series``);
-- a table of the probe history (one row per probe, the columns of ``pid_history.csv``);
+  where probes carry bootstrap intervals, the band's two ends are drawn as their own lines
+  (``<quantity> low`` / ``high``: a line series has no fill);
+- a table of the probe history (one row per probe, the columns of ``pid_history.csv``,
+  including the interval ends and ``certified``);
 - the report picture ``pid_curves.png`` and the resolved Hydra config.
 
 Without an API key or without network, runs are offline by default (``WANDB_MODE`` wins when
@@ -136,17 +139,22 @@ def information_chart(history: RunHistory) -> Any:
     xs: list[list[float]] = []
     ys: list[list[float]] = []
     keys: list[str] = []
+
+    def add(epochs: tuple[int, ...], values: tuple[float, ...], key: str) -> None:
+        recorded = [not math.isnan(value) for value in values]
+        xs.append([x for x, keep in zip(epochs, recorded, strict=True) if keep])
+        ys.append([y for y, keep in zip(values, recorded, strict=True) if keep])
+        keys.append(key)
+
+    level = _interval_level(history)
     for line in collect_series({"run": history}):
         if line.panel not in CHART_PANELS:
             continue
-        recorded = [not math.isnan(value) for value in line.values]
-        xs.append([x for x, keep in zip(line.epochs, recorded, strict=True) if keep])
-        ys.append([y for y, keep in zip(line.values, recorded, strict=True) if keep])
-        keys.append(
-            f"unique information of {line.name} (bits)"
-            if line.panel == "unique"
-            else f"{line.name} (bits)"
-        )
+        what = f"unique information of {line.name}" if line.panel == "unique" else line.name
+        add(line.epochs, line.values, f"{what} (bits)")
+        if line.has_band:
+            add(line.epochs, line.lows, f"{what}: {level} interval low (bits)")
+            add(line.epochs, line.highs, f"{what}: {level} interval high (bits)")
     title = "Information about the label per probe (bits)"
     if history.switch_epoch is not None and ys:
         # line_series has no vertical rule: a two-point series draws one, half an epoch before
@@ -158,6 +166,17 @@ def information_chart(history: RunHistory) -> Any:
         keys.append(f"stage switch: stage 2 from epoch {history.switch_epoch}")
         title += f"; stage 2 starts at epoch {history.switch_epoch}"
     return wandb.plot.line_series(xs=xs, ys=ys, keys=keys, title=title, xname="epoch")
+
+
+def _interval_level(history: RunHistory) -> str:
+    """``"90%"`` (the records' interval level) or ``"bootstrap"`` when it is not one value."""
+    levels = {
+        record["interval"].get("level")
+        for record in history.records
+        if isinstance(record.get("interval"), Mapping)
+    }
+    level = next(iter(levels)) if len(levels) == 1 else None
+    return f"{level:.0%}" if isinstance(level, (int, float)) else "bootstrap"
 
 
 def history_table(history: RunHistory) -> wandb.Table:
