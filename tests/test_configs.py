@@ -99,7 +99,7 @@ def test_every_schedule_runs_one_fast_step(schedule, tmp_path):
     ]
     summary = train(compose_run(overrides, tmp_path), tmp_path)
     assert summary["schedule"] == schedule
-    measured = schedule in ("pid", "mi")  # pid_paper probes every 5th epoch only
+    measured = schedule in ("pid", "pid_evidence", "mi")  # pid_paper probes every 5th epoch
     assert (summary["final_pid"] is not None) == measured
 
 

@@ -363,17 +363,27 @@ def test_pid_paper_keeps_the_papers_rules_exactly():
     assert not controller.needs_replicates
 
 
-def test_pid_decides_on_evidence_and_mi_differs_from_it_only_in_the_signal():
+def test_pid_needs_persistence_and_mi_differs_from_it_only_in_the_signal():
     from hydra.utils import instantiate
 
     pid, mi = compose_schedule("pid"), compose_schedule("mi")
-    # docs/results.md: the variant safest on the null task.
-    assert (pid.controller.confidence, pid.controller.persistence) == (0.9, 3)
-    assert pid.num_bootstrap == 50
+    # docs/results.md: persistence without the bootstrap's cost.
+    assert (pid.controller.confidence, pid.controller.persistence) == (None, 3)
+    assert pid.num_bootstrap == 0
     assert mi.controller.signal == "mutual_information"
     assert {**mi.controller, "signal": "unique"} == dict(pid.controller)
     assert {k: v for k, v in mi.items() if k != "controller"} == {
         k: v for k, v in pid.items() if k != "controller"
     }
     controller = instantiate(pid.controller)
-    assert type(controller) is PIDController and controller.needs_replicates
+    assert type(controller) is PIDController and not controller.needs_replicates
+
+
+def test_pid_evidence_adds_the_bootstrap_share_to_pid():
+    from hydra.utils import instantiate
+
+    pid, evidence = compose_schedule("pid"), compose_schedule("pid_evidence")
+    assert (evidence.controller.confidence, evidence.controller.persistence) == (0.9, 3)
+    assert evidence.num_bootstrap == 50
+    assert {**evidence.controller, "confidence": None} == dict(pid.controller)
+    assert instantiate(evidence.controller).needs_replicates
