@@ -40,7 +40,7 @@ def test_bf16_pauses_exactly_and_accumulates_in_float64():
     assert dtypes.dtypes == {torch.bfloat16}  # the probe really saw low-precision logits
     assert callback.switch_epoch == 4
     assert_schedule_applied(recorder)
-    (metric,) = callback._metrics
+    (metric,) = callback.metric.pair_metrics
     assert metric.joint.dtype == torch.float64
     # Soft counts of the 64 validation samples, summed in float64: the mass is exact.
     assert abs(float(metric.joint.sum()) - 64) < 1e-9
