@@ -22,7 +22,7 @@ from torchmetrics.utilities import dim_zero_cat, rank_zero_warn
 from typing_extensions import override
 
 from pidsched._checks import check_int_at_least, check_tolerance_bits
-from pidsched.functional.bootstrap import bootstrap_weights, select_result
+from pidsched.functional.bootstrap import INFORMATION_FIELDS, bootstrap_weights, select_result
 from pidsched.functional.discretize import (
     Discretization,
     _joint_from_features_arg_validation,
@@ -38,16 +38,7 @@ from pidsched.functional.pid import PIDResult, pid
 __all__ = ["ClusteredFastPID", "FastPID"]
 
 # The PIDResult fields measured in bits (everything but the iteration count and the duals).
-_RESULT_BITS = (
-    "unique_1",
-    "unique_2",
-    "redundancy",
-    "synergy",
-    "mutual_information",
-    "mutual_information_1",
-    "mutual_information_2",
-    "gap",
-)
+_RESULT_BITS = (*INFORMATION_FIELDS, "gap")
 
 
 class _PIDMetric(Metric):
