@@ -82,12 +82,18 @@ def _interval(record: dict[str, Any], width: float) -> dict[str, Any]:
 
 
 def fit_tiny_pid_run(
-    root: Path, loggers: Any = False, callbacks: tuple = (), max_epochs: int = 4
+    root: Path,
+    loggers: Any = False,
+    callbacks: tuple = (),
+    max_epochs: int = 4,
+    controller: Any = None,
 ) -> Any:
     """Fits a two-modality `MultimodalClassifier` with the real `PIDSchedulerCallback`.
 
     On 96 random samples, 3 classes, where "audio" carries a strong class signal and "video"
     a weak one; stage 1 ends by epoch 2 at the latest, so a fit of 4 epochs has both stages.
+
+    ``controller`` replaces that run's `PIDController`.
 
     Returns:
         The `PIDSchedulerCallback` after the fit.
@@ -116,7 +122,7 @@ def fit_tiny_pid_run(
     )
     scheduler = PIDSchedulerCallback(
         num_classes=num_classes,
-        controller=PIDController(min_unimodal_epochs=1, max_unimodal_epochs=3),
+        controller=controller or PIDController(min_unimodal_epochs=1, max_unimodal_epochs=3),
     )
     trainer = pl.Trainer(
         max_epochs=max_epochs,

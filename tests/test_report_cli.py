@@ -94,6 +94,16 @@ def test_an_empty_history_still_writes_the_files_but_no_picture(tmp_path):
     assert not (tmp_path / "pid_curves.png").exists()
 
 
+def test_a_schedule_that_never_probes_writes_its_empty_history_without_a_warning(tmp_path, recwarn):
+    from pidsched.controllers import JointController
+
+    report = PIDReportCallback(output_dir=tmp_path)
+    fit_tiny_pid_run(tmp_path, callbacks=(report,), max_epochs=1, controller=JointController())
+    assert not [w for w in recwarn if "No PID probe" in str(w.message)]
+    assert json.loads(report.report_paths["json"].read_text())["records"] == []
+    assert "png" not in report.report_paths
+
+
 def test_cli_overlays_every_job_of_a_sweep_labelled_by_its_overrides(tmp_path, drawn):
     sweep = tmp_path / "multirun" / "2025-06-01" / "10-00-00"
     runs = {}

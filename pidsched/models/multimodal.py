@@ -314,8 +314,9 @@ class MultimodalClassifier(PausableBranchesMixin, LightningModule):
     def setup(self, stage: str) -> None:
         # Lightning compiles the whole steps of a torch.compile'd module; with python state and
         # self.log inside they recompile until dynamo's limit and fall back to eager. Move the
-        # compiler onto the pure pieces instead (Lightning keeps it only in _compiler_ctx).
-        context = self._compiler_ctx
+        # compiler onto the pure pieces instead (Lightning keeps it only in _compiler_ctx; were it
+        # renamed, a compiled module would just keep Lightning's whole-step compilation).
+        context = getattr(self, "_compiler_ctx", None)
         if context is not None:
             to_uncompiled(self)
             self._compile_with(context["dynamo_ctx"])

@@ -102,8 +102,13 @@ class PIDReportCallback(Callback):
         # current_epoch has already moved past the last epoch trained when fit ends.
         history = RunHistory.from_callback(scheduler, final_epoch=max(trainer.current_epoch - 1, 0))
         output_dir = self.output_dir or Path(trainer.default_root_dir)
+        # Fixed and joint schedules measure nothing: an empty history is what they should write.
+        measured = getattr(scheduler.controller, "needs_measurements", True)
         self.report_paths = write_run_report(
-            history, output_dir, run_label=self.run_label or output_dir.resolve().name
+            history,
+            output_dir,
+            run_label=self.run_label or output_dir.resolve().name,
+            warn_if_empty=measured,
         )
         for logger in _wandb_loggers(trainer):
             log_pid_report(logger, history, self.report_paths.get("png"))
@@ -111,9 +116,11 @@ class PIDReportCallback(Callback):
 
 
 def write_run_report(
-    history: RunHistory, output_dir: str | Path, run_label: str = "run"
+    history: RunHistory, output_dir: str | Path, run_label: str = "run", warn_if_empty: bool = True
 ) -> dict[str, Path]:
     """Writes the history files and, when there is a probe, the picture into ``output_dir``.
+
+    ``warn_if_empty`` warns when the history holds no probe (off for schedules that never probe).
 
     Returns:
         ``{"json": path, "csv": path, "png": path}`` (no ``"png"`` for an empty history).
@@ -125,7 +132,7 @@ def write_run_report(
     }
     if history.records:
         paths["png"] = plot_pid_curves({run_label: history}, output_dir / CURVES_PNG_NAME).path
-    else:
+    elif warn_if_empty:
         rank_zero_warn(
             f"No PID probe was recorded, so {CURVES_PNG_NAME} was not drawn; probes happen at "
             "the end of validation epochs (check limit_val_batches and probe_every_n_epochs)."
