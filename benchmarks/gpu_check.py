@@ -42,6 +42,10 @@ from pathlib import Path
 
 import torch
 
+# The probed arm is overhead.py's (this file is also loaded by path, outside benchmarks/).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from overhead import ProbingJointController
+
 REPO = Path(__file__).resolve().parents[1]
 NO_CUDA_EXIT = 2
 
@@ -244,13 +248,8 @@ def _fit_rate(arm: str, device: torch.device, sizes: Sizes, precision: str, load
     import lightning as L
     from lightning.pytorch import Callback
 
-    from pidsched import JointController, MultimodalClassifier, PIDSchedulerCallback
+    from pidsched import MultimodalClassifier, PIDSchedulerCallback
     from pidsched.models.encoders import ResNet18Encoder
-
-    class ProbingJointController(JointController):
-        """Joint training throughout, with a probe after every epoch (the callback's work)."""
-
-        needs_measurements = True
 
     class EpochClock(Callback):
         def __init__(self) -> None:
@@ -348,11 +347,8 @@ def compile_check(device: torch.device, backend: str, model_kind: str, epochs: i
     from lightning.pytorch import Callback
     from torch._dynamo.utils import counters
 
-    from pidsched import JointController, MultimodalClassifier, PIDSchedulerCallback
+    from pidsched import MultimodalClassifier, PIDSchedulerCallback
     from pidsched.models.encoders import MLPEncoder, ResNet18Encoder
-
-    class ProbingJointController(JointController):
-        needs_measurements = True
 
     class StepClock(Callback):
         def __init__(self) -> None:

@@ -37,6 +37,8 @@ import sys
 import time
 from collections import defaultdict
 
+from pidsched.controllers import JointController
+
 PLAIN = "plain"
 # pidsched-train overrides of each setting, and its epochs.
 SETTINGS: dict[str, tuple[tuple[str, ...], int]] = {
@@ -56,6 +58,18 @@ SETTINGS: dict[str, tuple[tuple[str, ...], int]] = {
     ),
 }
 QUICK = (("experiment=synthetic_competition", "data.num_samples=600"), 1)
+
+
+class ProbingJointController(JointController):
+    """Joint training throughout, with a probe after every epoch (the callback's full work).
+
+    The probed arm of this benchmark and of ``benchmarks/gpu_check.py``: it isolates the cost of
+    probing from any change of what is trained.
+    """
+
+    needs_measurements = True
+
+
 HOOKS = (
     "setup",
     "on_fit_start",
@@ -142,13 +156,8 @@ def run_once(overrides: list[str], epochs: int, num_bootstrap: int | None) -> di
     from hydra.utils import instantiate
 
     import pidsched.metrics.fastpid as fastpid_module
-    from pidsched import JointController, PIDSchedulerCallback
+    from pidsched import PIDSchedulerCallback
     from pidsched.cli.train import build_model
-
-    class ProbingJointController(JointController):
-        """Joint training throughout, with a probe after every epoch (the callback's full work)."""
-
-        needs_measurements = True
 
     torch.set_num_threads(1)
     with initialize_config_module("pidsched.conf", version_base="1.3"):
