@@ -24,6 +24,15 @@ from pidsched.data import MFeatDataModule
 
 COMMAND = shutil.which("pidsched-train") or str(Path(sys.executable).with_name("pidsched-train"))
 QUIET = ["trainer.enable_progress_bar=false"]
+# A short run with both stages: one unimodal epoch, then two joint ones.
+TWO_STAGES = [
+    "trainer.max_epochs=3",
+    "stage1_max_epochs=1",
+    "schedule.controller.min_unimodal_epochs=0",
+    "data.num_samples=900",
+    "callbacks.report=null",
+    *QUIET,
+]
 # The smallest run that still fits, selects and tests: for commands that only need to start.
 TINY = [
     "trainer.max_epochs=1",

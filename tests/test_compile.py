@@ -18,7 +18,7 @@ from _lightning_helpers import (
     single_thread,  # noqa: F401  (fixture)
 )
 from lightning.pytorch import Callback
-from test_cli import QUIET, run_command
+from test_cli import TWO_STAGES, run_command
 from test_trainer_features import SCRIPT, BranchRecorder, assert_schedule_applied
 
 from pidsched import PIDSchedulerCallback
@@ -105,12 +105,7 @@ def test_the_app_compiles(tmp_path):
         [
             f"hydra.run.dir={run_dir}",
             "compile={backend:eager}",
-            "trainer.max_epochs=3",
-            "stage1_max_epochs=1",
-            "schedule.controller.min_unimodal_epochs=0",
-            "data.num_samples=900",
-            "callbacks.report=null",
-            *QUIET,
+            *TWO_STAGES,
         ],
         tmp_path,
     )

@@ -19,7 +19,7 @@ from _lightning_helpers import (
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins import MixedPrecision
-from test_cli import QUIET, run_command
+from test_cli import TWO_STAGES, run_command
 from test_trainer_features import SCRIPT, assert_schedule_applied, fit_scheduled
 
 from pidsched import JointController, PIDSchedulerCallback
@@ -123,12 +123,7 @@ def test_the_app_trains_in_bf16(tmp_path):
         [
             f"hydra.run.dir={run_dir}",
             "trainer.precision=bf16-mixed",
-            "trainer.max_epochs=3",
-            "stage1_max_epochs=1",
-            "schedule.controller.min_unimodal_epochs=0",
-            "data.num_samples=900",
-            "callbacks.report=null",
-            *QUIET,
+            *TWO_STAGES,
         ],
         tmp_path,
     )
