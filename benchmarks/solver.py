@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from _pid_reference import broja_cvxpy
 from adam_sinkhorn import adam_sinkhorn_pid
 from admui import admui_pid
+from solver_fuzz import soft_probe_joint
 
 from pidsched.functional import pid
 
@@ -44,6 +45,9 @@ DEFAULT_SIZES = "6x6x6,10x10x10,20x20x6,20x20x28,20x20x20,50x50x50"
 REFERENCE_TOL = 1e-9  # bits; float64 rounding stalls certificates near 1e-10 at 50x50x50
 CVXPY_REPEAT_LIMIT = 2_000
 CVXPY_CELL_LIMIT = 12_000
+# Probes of many classes, as the metrics accumulate them (issue 10's goals, seconds at tol 1e-5).
+DEFAULT_PROBES = "101x101x101:5,20x20x309:2"
+PROBE_TOL = 1e-5
 
 
 def parse_args(argv=None):
@@ -66,6 +70,11 @@ def parse_args(argv=None):
         type=int,
         default=1,
         help="torch CPU threads (1: like-for-like with the single-threaded conic solvers)",
+    )
+    parser.add_argument(
+        "--probes",
+        default=DEFAULT_PROBES,
+        help="comma list of K1xK2xKy[:goal seconds] soft probes solved at tol 1e-5 ('' for none)",
     )
     parser.add_argument("--quick", action="store_true", help="1 repeat, batch 16 (smoke test)")
     parser.add_argument(
@@ -160,6 +169,51 @@ def batched_row(shape, args, generator, device, sync) -> dict:
         "err": max_error(as_atoms(result), reference),
         "iters": result.iterations,
     }
+
+
+def probe_joint(shape, rng: np.random.Generator, num_samples: int = 4096) -> torch.Tensor:
+    """A soft probe as the metrics accumulate it, for ``shape = (K1, K2, Ky)``: a cube is
+    :func:`solver_fuzz.soft_probe_joint` (two 90 %-right classifiers, logit margin 4); with
+    ``K1, K2 < Ky`` it is the clustered probe (``ClusteredFastPID``): each modality's soft
+    assignment of the same samples to ``K1`` (``K2``) clusters, the cluster of a class being
+    ``class mod K``, blurred by unit logit noise."""
+    k1, k2, ky = shape
+    if k1 == k2 == ky:
+        return soft_probe_joint(ky, 4.0, rng, num_samples) / num_samples
+    y = rng.integers(ky, size=num_samples)
+    probs = []
+    for k in (k1, k2):
+        logits = rng.normal(size=(num_samples, k))
+        logits[np.arange(num_samples), y % k] += 3.0
+        probs.append(torch.softmax(torch.from_numpy(logits), dim=-1))
+    onehot = torch.nn.functional.one_hot(torch.from_numpy(y), ky).double()
+    return torch.einsum("ni,nj,ny->ijy", probs[0], probs[1], onehot) / num_samples
+
+
+def probe_row(spec: str, args, generator) -> dict:
+    """One many-class probe: ``spec`` is ``K1xK2xKy`` or ``K1xK2xKy:goal_seconds``."""
+    size, _, goal = spec.partition(":")
+    shape = tuple(int(k) for k in size.split("x"))
+    joint = probe_joint(shape, generator)
+    seconds, result = timed(lambda: pid(joint, tol=PROBE_TOL), args.repeats)
+    return {
+        "size": size,
+        "seconds": seconds,
+        "iterations": result.iterations,
+        "gap": float(result.gap),
+        "goal_s": float(goal) if goal else None,
+    }
+
+
+def print_probes(rows) -> None:
+    print(f"| soft probe (tol {PROBE_TOL:g} bits) | time | iters | certified gap | goal |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        goal = "-" if row["goal_s"] is None else f"{row['goal_s']:g} s"
+        print(
+            f"| {row['size']} | {fmt_time(row['seconds'])} | {row['iterations']} | "
+            f"{row['gap']:.1e} | {goal} |"
+        )
 
 
 def fmt_time(seconds: float) -> str:
@@ -317,6 +371,10 @@ def main(argv=None) -> None:
         batched_rows.append(batched_row(shape, args, generator, device, sync))
         print(f"# done batched {size}", file=sys.stderr, flush=True)
     print_tables(rows, batched_rows, peers, device)
+    probes = [spec for spec in args.probes.split(",") if spec] if device.type == "cpu" else []
+    if probes:
+        print()
+        print_probes([probe_row(spec, args, generator) for spec in probes])
     if torch.cuda.is_available() and device.type != "cuda":
         print("\n| size | batch | CUDA per call | per distribution | iters | gap | err |")
         print("|---|---|---|---|---|---|---|")

@@ -50,6 +50,8 @@ CASES = {
     "few samples 9x7x5": lambda: _few_samples((9, 7, 5), 30, 2),
     "zero label": lambda: _zero_label(3),
     "K1 != K2 3x11x4": lambda: _dirichlet((3, 11, 4), 0.5, 4),
+    # Many labels per cluster, the shape of a clustered probe (20x20x309): S's blocks are large.
+    "label-heavy 4x5x40": lambda: _dirichlet((4, 5, 40), 0.5, 11),
 }
 
 
@@ -90,8 +92,26 @@ def test_auto_uses_the_dense_path_where_users_probe(monkeypatch):
     calls = _count_calls(monkeypatch)
     pid(_dirichlet((10, 10, 10), 0.5, 6))
     assert calls["dense"] > 0 and calls["iterative"] == 0
-    assert solver._choose_method("auto", torch.Size((20, 20, 28))) == "dense"
+    assert solver._choose_method("auto", torch.Size((20, 20, 20))) == "dense"
+    assert solver._choose_method("auto", torch.Size((20, 20, 28))) == "iterative"
     assert solver._choose_method("auto", torch.Size((400, 400, 309))) == "iterative"
+
+
+def test_a_64_cube_certifies_on_the_auto_path(monkeypatch):
+    # 64 x 64 x 64: 4,096 reduced duals, a 1 s solve on the iterative path (the dense one
+    # factorises a 4,096-square matrix at every Newton step).
+    calls = _count_calls(monkeypatch)
+    joint = _dirichlet((64, 64, 64), 0.5, 12)
+    result = pid(joint, tol=1e-6)
+    assert calls["iterative"] == result.iterations and calls["dense"] == 0
+    assert result.gap.item() <= 1e-6
+    for name in ATOMS:  # every true atom is >= 0, so a true certificate keeps them >= -gap
+        assert getattr(result, name).item() >= -result.gap.item()
+    # Swapping the sources swaps the unique informations (a separate solve, the other way round).
+    swapped = pid(joint.transpose(0, 1), tol=1e-6)
+    bound = result.gap.item() + swapped.gap.item()
+    assert swapped.unique_1.item() == pytest.approx(result.unique_2.item(), abs=bound)
+    assert swapped.synergy.item() == pytest.approx(result.synergy.item(), abs=bound)
 
 
 def test_bad_method_names_the_choices():

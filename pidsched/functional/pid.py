@@ -65,12 +65,15 @@ _WARM_SLACK_MIN = 1e-9  # ... and at least
 _MAX_HALVINGS = 30  # step halvings of the merit line search
 _CHUNK_BYTES = 8 * 2**20  # batch chunk: bytes of one (K1, K2, Ky, Ky) Newton temporary
 _STALL_LIMIT = 8  # certificates without progress after which a solve stops short of tol
-_MAX_CG = 100  # conjugate-gradient iterations per Newton solve of the iterative path
+_MAX_CG = 200  # conjugate-gradient iterations per Newton solve of the iterative path
+_DENSE_FALLBACK_DUALS = 1_024  # ... above which a missed CG keeps its inexact step (no fallback)
+_CG_FORCING_FLOOR = 1e-10  # smallest relative CG residual asked for
+_CG_CHECK, _CG_STALL = 50, 0.9  # CG stops where 50 steps cut the squared residual by < 10 %
 METHODS = ("auto", "dense", "iterative")
 _MAX_DUAL_MOVE = 40.0  # nats a dual variable may move in one Newton step
 _TINY_MASS = 1e-11  # marginal mass below which a cell is removed before solving (recertified)
 _SMALL_MASS = 1e-8  # ... and in a last attempt, where neither that nor the direct solve certified
-_DENSE_MAX_DUALS = 16_384  # reduced duals up to which "auto" factorises densely (2 GiB)
+_DENSE_MAX_DUALS = 400  # reduced duals up to which "auto" factorises densely (20x20x20)
 
 
 @dataclass
@@ -603,81 +606,118 @@ def _factorise_newton(
 class _IterativeNewton:
     """The Newton matrix ``M = [[A, C], [C^T, D]]`` in ``(a, b)`` kept matrix-free.
 
-    Only the ``Ky x Ky`` diagonal blocks of ``A`` (per ``x1``) and ``D`` (per ``x2``) are formed and
-    factorised; the Schur complement ``S = D - C^T A^{-1} C`` is solved by conjugate gradients
-    preconditioned by ``D``'s blocks. ``C v`` and ``C^T w`` are one pass over the pairs each (every
-    ``(x1, x2)`` block of ``C`` is ``Q diag(r) + kappa r r^T``), so an iteration costs
-    ``O(K1 K2 Ky)`` instead of the dense path's ``O((K2 Ky)^3)``.
+    ``A`` is eliminated exactly (its ``Ky x Ky`` blocks, one per ``x1``, are factorised), and the
+    Schur complement ``S = D - C^T A^{-1} C`` onto ``b`` is solved by conjugate gradients. ``C v``
+    and ``C^T w`` are one pass over the pairs each (every ``(x1, x2)`` block of ``C`` is
+    ``Q diag(r) + kappa r r^T``), so a CG step costs ``O(K1 K2 Ky + K1 Ky^2)`` instead of the dense
+    path's ``O((K2 Ky)^3)`` per Newton step.
+
+    Two choices make CG converge in tens of steps where the interior point's matrices span 1e10
+    (docs/method.md, "The iterative path"):
+
+    - The preconditioner is ``S``'s own diagonal blocks (one per ``x2``, ``O(K1 K2 Ky^2)`` to
+      form), not ``D``'s: an active pair's huge curvature ``Q / s`` sits in both ``C`` and ``D``
+      and cancels in ``S``, so ``D`` misjudges every direction an active constraint allows.
+    - The gauge ``a(., y) + c, b(., y) - c`` is left free rather than pinned at one cell per label:
+      pinning makes ``b(., y) = c`` away from the pinned cell a near-null direction (one per label,
+      eigenvalues near 1e-4 after preconditioning). CG runs on the consistent singular system,
+      projected off the exact null vectors (constant ``b(., y)``), and the solution is pinned
+      afterwards, which changes no cell ``a + b``.
     """
 
     cond: Tensor  # (B, K1, K2, Ky) r
-    mass_cond: Tensor  # (B, K1, K2, Ky) Q r
+    cond_by_x2: Tensor  # (B, K2, K1, Ky) r, contiguous: C^T sums over x1 along rows
+    mass_by_label: Tensor  # (B, Ky, K1, K2) Q r, contiguous: one matrix product per label
     kappa: Tensor  # (B, K1, K2) Q / s - Q
-    chol_a: Tensor  # (B, K1, Ky, Ky)
-    chol_d: Tensor  # (B, K2, Ky, Ky)
-    free_b: Tensor  # (B, K2, Ky) 0/1
+    chol_a: Tensor  # (B, K1, Ky, Ky) A's blocks, factorised
+    d_blocks: Tensor  # (B, K2, Ky, Ky), identity on the b duals outside the support
+    s_inverse: Tensor  # (B, K2, Ky, Ky) S's diagonal blocks, inverted (the preconditioner)
+    allowed_a: Tensor  # (B, K1, Ky) 0/1
+    allowed_b: Tensor  # (B, K2, Ky) 0/1
+    gauge: Tensor  # (B, K2, Ky) 0/1: the cell per label whose db the dense path holds at 0
+    per_label: Tensor  # (B, 1, Ky) number of allowed b cells per label (at least 1)
     forcing: Tensor  # (B,) relative residual at which CG stops
     max_cg: int
-    dense: Callable[[], _NewtonFactor]  # the exact factorisation, built if CG misses its target
+    dense: Callable[[], _NewtonFactor] | None  # exact factorisation where affordable
     guess: Tensor | None = None  # the previous solve's db: a close start for the corrector
     cg_iterations: int = 0
     fallback: _NewtonFactor | None = None
 
+    # The layouts below keep every contraction a batched matrix product over contiguous memory;
+    # einsum would otherwise copy the (K1, K2, Ky) tensors into another order at every call.
+
     def _coupling(self, v: Tensor) -> Tensor:
         """``C v`` for ``v`` shaped like ``b``: ``(B, K1, Ky)``."""
         weight = self.kappa * torch.einsum("bijy,bjy->bij", self.cond, v)
-        return torch.einsum("bijy,bij->biy", self.cond, weight) + torch.einsum(
-            "bijy,bjy->biy", self.mass_cond, v
-        )
+        diagonal = torch.matmul(self.mass_by_label, v.transpose(1, 2)[..., None])[..., 0]
+        return torch.einsum("bijy,bij->biy", self.cond, weight) + diagonal.transpose(1, 2)
 
     def _coupling_t(self, w: Tensor) -> Tensor:
         """``C^T w`` for ``w`` shaped like ``a``: ``(B, K2, Ky)``."""
         weight = self.kappa * torch.einsum("bijy,biy->bij", self.cond, w)
-        return torch.einsum("bijy,bij->bjy", self.cond, weight) + torch.einsum(
-            "bijy,biy->bjy", self.mass_cond, w
-        )
+        diagonal = torch.matmul(self.mass_by_label.mT, w.transpose(1, 2)[..., None])[..., 0]
+        return torch.einsum("bjiy,bji->bjy", self.cond_by_x2, weight.mT) + diagonal.transpose(1, 2)
 
     def _solve_a(self, rhs: Tensor) -> Tensor:
-        return torch.cholesky_solve(rhs[..., None], self.chol_a)[..., 0]
+        # Triangular solves, not an explicit inverse: A's blocks carry the active pairs' huge
+        # curvature, and an inverse loses the accuracy the last Newton steps need.
+        return _cholesky_solve(self.chol_a, rhs[..., None])[..., 0]
+
+    def _project(self, v: Tensor) -> Tensor:
+        """``v`` (shaped like ``b``) minus its per-label mean over the allowed cells: off ``S``'s
+        null vectors, so rounding cannot accumulate along them."""
+        v = v * self.allowed_b
+        return v - self.allowed_b * (v.sum(1, keepdim=True) / self.per_label)
 
     def _schur(self, v: Tensor) -> Tensor:
-        v = v * self.free_b
-        d_v = (self.chol_d @ (self.chol_d.mT @ v[..., None]))[..., 0]
-        return d_v - self._coupling_t(self._solve_a(self._coupling(v))) * self.free_b
+        d_v = torch.einsum("bjyz,bjz->bjy", self.d_blocks, v)
+        return self._project(d_v - self._coupling_t(self._solve_a(self._coupling(v))))
 
     def _precondition(self, r: Tensor) -> Tensor:
-        return torch.cholesky_solve(r[..., None], self.chol_d)[..., 0]
+        return self._project(torch.einsum("bjyz,bjz->bjy", self.s_inverse, r))
 
     def solve(self, rhs_a: Tensor, rhs_b: Tensor) -> tuple[Tensor, Tensor]:
-        """``M^{-1} (rhs_a, rhs_b)`` up to the relative residual ``forcing`` on the Schur system;
-        exactly (dense factorisation) where CG does not reach it in ``max_cg`` iterations."""
+        """``M^{-1} (rhs_a, rhs_b)`` with ``db = 0`` on the gauge cells, up to the relative
+        residual ``forcing`` on the Schur system. ``rhs_b`` may be 0 on the gauge cells (the dense
+        path drops their equations): their entries follow from the system's consistency,
+        ``sum_x1 rhs_a(x1, y) = sum_x2 rhs_b(x2, y)``."""
         if self.fallback is not None:
             return self.fallback.solve(rhs_a, rhs_b)
+        missing = rhs_a.sum(1, keepdim=True) - (rhs_b * (1 - self.gauge)).sum(1, keepdim=True)
+        rhs_b = rhs_b * (1 - self.gauge) + self.gauge * missing
         u = self._solve_a(rhs_a)
-        rhs = (rhs_b - self._coupling_t(u)) * self.free_b
-        db, converged = self._conjugate_gradients(rhs)
-        if not converged:
+        db, converged = self._conjugate_gradients(self._project(rhs_b - self._coupling_t(u)))
+        if not converged and self.dense is not None:
             # An inexact step that misses its forcing term may stall the interior point; the
             # exact one keeps the iteration count of the dense path.
             self.fallback = self.dense()
-            return self.fallback.solve(rhs_a, rhs_b)
+            return self.fallback.solve(rhs_a, rhs_b * (1 - self.gauge))
         self.guess = db
-        da = self._solve_a(rhs_a - self._coupling(db))
-        return da, db
+        da = self._solve_a(rhs_a - self._coupling(db)) * self.allowed_a
+        # Pin the gauge like the dense path: db = 0 on each label's gauge cell.
+        shift = (db * self.gauge).sum(1, keepdim=True)
+        return da + shift * self.allowed_a, (db - shift) * self.allowed_b
 
     def _conjugate_gradients(self, rhs: Tensor) -> tuple[Tensor, bool]:
         """Preconditioned CG on ``S x = rhs``, batched; each distribution stops at its own
         residual ``forcing * |rhs|`` (its later updates are multiplied by 0). Returns ``x`` and
         whether every distribution reached its residual."""
         dims = (1, 2)
-        x = torch.zeros_like(rhs) if self.guess is None else self.guess.clone()
+        x = torch.zeros_like(rhs) if self.guess is None else self._project(self.guess)
         residual = rhs - self._schur(x) if self.guess is not None else rhs.clone()
         target = (self.forcing * rhs.norm(dim=dims)).square()
         z = self._precondition(residual)
         direction = z.clone()
         rz = (residual * z).sum(dims)
+        checkpoint = residual.square().sum(dims)
         for step in range(self.max_cg):
-            active = residual.square().sum(dims) > target
+            norm = residual.square().sum(dims)
+            active = norm > target
+            if step % _CG_CHECK == 0 and step:
+                # Rounding in S v (the active pairs' curvature reaches 1e10) puts a floor under
+                # the residual; where it has stopped falling, more steps are wasted.
+                active = active & (norm < _CG_STALL * checkpoint)
+                checkpoint = torch.where(active, norm, checkpoint)
             if step % 4 == 0 and not bool(active.any()):
                 break
             s_dir = self._schur(direction)
@@ -692,13 +732,15 @@ class _IterativeNewton:
             rz = rz_next
             self.cg_iterations += 1
         converged = not bool((residual.square().sum(dims) > target).any())
-        return x * self.free_b, converged
+        return torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), converged
 
 
 def _iterative_newton(
     cond: Tensor, pair_mass: Tensor, mass_per_slack: Tensor, prob: _Problem, forcing: Tensor
 ) -> _IterativeNewton:
-    """Factorise the diagonal blocks of the Newton matrix (see :func:`_factorise_newton`)."""
+    """Factorise the blocks of ``A`` and of ``S``'s block diagonal (see :class:`_IterativeNewton`;
+    the matrix is that of :func:`_factorise_newton`)."""
+    _, k1, k2, ky = cond.shape
     kappa = mass_per_slack - pair_mass
     mass_cond = pair_mass[..., None] * cond
     weighted = kappa[..., None] * cond
@@ -708,19 +750,56 @@ def _iterative_newton(
     d_blocks.diagonal(dim1=-2, dim2=-1).add_(mass_cond.sum(1))
     if prob.frozen_a is not None:
         a_blocks = a_blocks + prob.frozen_a
-    keep = prob.free_b[..., :, None] * prob.free_b[..., None, :]
-    d_blocks = d_blocks * keep + torch.diag_embed(1 - prob.free_b)
+    chol_a = _cholesky(a_blocks)
+    allowed_b = (prob.p2 > 0).to(cond.dtype)
+    keep = allowed_b[..., :, None] * allowed_b[..., None, :]
+    frozen = torch.diag_embed(1 - allowed_b)
+    d_blocks = d_blocks * keep + frozen
+    schur_blocks = d_blocks - _coupled_blocks(cond, mass_cond, kappa, chol_a)
+    gauge = _gauge_cells(prob.p2).to(cond.dtype)
+    affordable = min(k1, k2) * ky <= _DENSE_FALLBACK_DUALS
     return _IterativeNewton(
         cond,
-        mass_cond,
+        cond.transpose(1, 2).contiguous(),
+        mass_cond.permute(0, 3, 1, 2).contiguous(),
         kappa,
-        _cholesky(a_blocks),
-        _cholesky(d_blocks),
-        prob.free_b,
+        chol_a,
+        d_blocks,
+        torch.cholesky_inverse(_cholesky(schur_blocks * keep + frozen)),
+        (prob.p1 > 0).to(cond.dtype),
+        allowed_b,
+        gauge,
+        allowed_b.sum(1, keepdim=True).clamp_min(1.0),
         forcing,
         _MAX_CG,
-        lambda: _factorise_newton(cond, pair_mass, mass_per_slack, prob),
+        (lambda: _factorise_newton(cond, pair_mass, mass_per_slack, prob)) if affordable else None,
     )
+
+
+def _coupled_blocks(cond: Tensor, mass_cond: Tensor, kappa: Tensor, chol_a: Tensor) -> Tensor:
+    """The diagonal blocks of ``C^T A^{-1} C``: ``(B, K2, Ky, Ky)``, summed over ``x1`` of
+    ``C_p A_x1^{-1} C_p`` with ``C_p = Q R + kappa r r^T`` and ``R = diag(r)``, i.e.
+
+        Q^2 R A^{-1} R + Q kappa (R u r^T + r u^T R) + kappa^2 (r . u) r r^T,   u = A^{-1} r.
+
+    The rank-one terms are matrix products over ``x1``; the first is elementwise in
+    ``(y, y')`` and is summed over chunks of ``x1`` (``O(K1 K2 Ky^2)`` work, bounded memory).
+    """
+    # u by triangular solves: the kappa^2 (r . u) term cancels D's kappa r r^T (kappa reaches
+    # 1e10 near the optimum), which an explicit inverse is not accurate enough for.
+    u = _cholesky_solve(chol_a, cond.transpose(2, 3)).transpose(2, 3)  # (B, K1, K2, Ky)
+    # The first term stays bounded (A^{-1} <= diag(q(x1, .))^{-1}): an explicit inverse will do.
+    a_inverse = torch.cholesky_inverse(chol_a)
+    through = (cond * u).sum(-1)  # r . u, (B, K1, K2)
+    mixed = torch.einsum("bijy,bijz->bjyz", (mass_cond * kappa[..., None]) * u, cond)
+    blocks = mixed + mixed.transpose(-2, -1)
+    blocks += torch.einsum("bijy,bijz->bjyz", (kappa.square() * through)[..., None] * cond, cond)
+    # One x1 at a time, accumulated in place: this sum is memory-bound, and a three-operand
+    # einsum would run it as many tiny batched products.
+    for x1 in range(cond.shape[1]):
+        mass = mass_cond[:, x1]  # (B, K2, Ky)
+        blocks.addcmul_(mass[..., :, None] * a_inverse[:, x1, None], mass[..., None, :])
+    return blocks
 
 
 def _cholesky(matrix: Tensor) -> Tensor:
@@ -983,9 +1062,8 @@ def _interior_point(
             factor = _factorise_newton(cond, pair_mass, mass_per_slack, prob)
         else:
             forcing = _kkt_merit(residual_dual, residual_pair, complementarity).sqrt()
-            factor = _iterative_newton(
-                cond, pair_mass, mass_per_slack, prob, (1e-2 * forcing).clamp(1e-14, 1e-3)
-            )
+            forcing = (1e-2 * forcing).clamp(_CG_FORCING_FLOOR, 1e-3)
+            factor = _iterative_newton(cond, pair_mass, mass_per_slack, prob, forcing)
         args = (cond, pair_mass, slack, mass_per_slack, prob)
         # Predictor: the affine direction towards complementarity 0.
         _, _, dq, ds = _newton_step(factor, residual_dual, residual_pair, complementarity, *args)
