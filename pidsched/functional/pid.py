@@ -15,8 +15,9 @@ with a primal-dual interior point method (Mehrotra predictor-corrector) whose un
 ``(K1 + K2) Ky`` duals, one slack ``s = -L`` and one multiplier ``Q(x1, x2)`` per pair; the
 multipliers are the optimal coupling's pair masses ``q*(x1, x2)``. Each iteration solves one
 Newton system in the duals, reduced by a Schur complement onto the smaller source's ``K Ky``
-duals: factorised densely (``method="dense"``) or by conjugate gradients, matrix-free and
-preconditioned by the diagonal blocks (``method="iterative"``, see :class:`_IterativeNewton`); a
+duals: factorised densely (``method="dense"``, ``O((K Ky)^3)``) or by conjugate gradients,
+matrix-free and preconditioned by the Schur complement's own diagonal blocks
+(``method="iterative"``, ``O(K1 K2 Ky^2)`` per Newton step, see :class:`_IterativeNewton`); a
 merit line search on the KKT residual globalises the steps. 5 to 12 iterations from a cold start.
 
 Why the dual: zero pairs of the optimal coupling are merely inactive constraints (first-order
@@ -201,10 +202,10 @@ def pid(
         dtype: floating dtype of the arithmetic (float64 by default; float32 cannot certify 1e-7).
         method: how each Newton system is solved. ``"dense"`` factorises the Schur complement onto
             the smaller source's ``K Ky`` duals (``O((K Ky)^3)`` per iteration); ``"iterative"``
-            runs conjugate gradients on it matrix-free (``O(K1 K2 Ky)`` per CG step), falling back
-            to the dense factorisation for a Newton step whose CG misses its tolerance in 100
-            steps; ``"auto"`` (default) takes the dense path up to 16,384 reduced duals (a 2 GiB
-            matrix) and the iterative one above. Both certify the same ``gap``.
+            runs preconditioned conjugate gradients on it matrix-free (``O(K1 K2 Ky)`` per CG
+            step, tens of steps per Newton system, ``O(K1 K2 Ky^2)`` to build the
+            preconditioner); ``"auto"`` (default) takes the dense path up to 400 reduced duals
+            (20x20x20, where it is faster) and the iterative one above. Both certify ``gap``.
 
     Returns:
         A :class:`PIDResult` of tensors with the batch shape, in bits. Gradients with respect to
