@@ -129,6 +129,17 @@ def test_confident_soft_probe_certifies(margin):
     assert (_atoms(result) >= -result.gap.item()).all()
 
 
+def test_confident_many_class_probe_certifies_the_callbacks_tol_without_the_direct_solve():
+    # 30 classes at logit margin 20: the median marginal cell is 2e-10, between the two pruning
+    # thresholds. The direct solve sits at max_iter there (209 iterations when it came second);
+    # the 1e-8-pruned solve, tried first, certifies the callback's probe_tol of 1e-5 bits.
+    joint = soft_probe_joint(30, 20.0, np.random.default_rng(8))
+    result = pid(joint, tol=1e-5)
+    assert result.gap.item() <= 1e-5
+    assert result.iterations <= 60
+    assert (_atoms(result) >= -result.gap.item()).all()
+
+
 def test_pruned_solve_is_certified_for_the_original_joint():
     # Cells of marginal mass 1e-14 are removed before solving; the certificate (recomputed on the
     # original joint) must still bound the error against a solve that never prunes.
