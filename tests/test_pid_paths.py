@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import itertools
 import sys
 import zlib
 from pathlib import Path
@@ -14,7 +15,7 @@ import torch
 from pidsched.functional import pid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from solver_fuzz import FAMILIES, check, fuzz_joint, soft_probe_joint
+from solver_fuzz import FAMILIES, check, fuzz_cases, fuzz_joint, soft_probe_joint
 
 solver = importlib.import_module("pidsched.functional.pid")
 ATOMS = ("unique_1", "unique_2", "redundancy", "synergy")
@@ -151,6 +152,21 @@ def test_pruned_solve_is_certified_for_the_original_joint():
     error = np.abs(_atoms(pruned) - _atoms(exact)).max()
     assert error <= pruned.gap.item() + exact.gap.item()
     assert pruned.gap.item() <= TOL
+
+
+def test_a_copy_joint_certifies_its_exact_decomposition():
+    # X2 a copy of X1 (every pair weakly active at the optimum): the decomposition is exact,
+    # U1 = U2 = S = 0 and R = I(X1; Y). This fuzz joint (8x8x8, Gamma(0.3) diagonal) once drove mu
+    # to 1e-9 with its marginals 3e-3 off and ended uncertified at max_iter.
+    joint = next(itertools.islice(fuzz_cases(1600, 0, 0), 1229, None))[1]
+    off_diagonal = ~torch.eye(joint.shape[0], dtype=torch.bool)
+    assert joint.shape == (8, 8, 8) and not joint[off_diagonal].any()  # the copy joint meant
+    result = pid(joint)
+    gap = result.gap.item()
+    assert gap <= TOL
+    for name in ("unique_1", "unique_2", "synergy"):
+        assert abs(getattr(result, name).item()) <= gap
+    assert result.redundancy.item() == pytest.approx(result.mutual_information_1.item(), abs=gap)
 
 
 # The families whose every solve certifies to 1e-6 bits at least; "copy" and "peaked" joints can
