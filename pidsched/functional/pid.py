@@ -777,7 +777,7 @@ def _iterative_newton(
     if preconditioner is None:
         schur_blocks = (d_blocks - _coupled_blocks(cond, mass_cond, kappa, chol_a)) * keep
         preconditioner = torch.cholesky_inverse(_cholesky(schur_blocks + frozen))
-    gauge = _gauge_cells(prob.p2).to(cond.dtype)
+    gauge = allowed_b - prob.free_b  # free_b is the allowed cells less one gauge cell per label
     affordable = min(k1, k2) * ky <= _DENSE_FALLBACK_DUALS
     return _IterativeNewton(
         cond,
@@ -804,7 +804,8 @@ def _coupled_blocks(cond: Tensor, mass_cond: Tensor, kappa: Tensor, chol_a: Tens
         Q^2 R A^{-1} R + Q kappa (R u r^T + r u^T R) + kappa^2 (r . u) r r^T,   u = A^{-1} r.
 
     The rank-one terms are matrix products over ``x1``; the first is elementwise in
-    ``(y, y')`` and is summed over chunks of ``x1`` (``O(K1 K2 Ky^2)`` work, bounded memory).
+    ``(y, y')`` and is accumulated one ``x1`` at a time (``O(K1 K2 Ky^2)`` work, one
+    ``(K2, Ky, Ky)`` temporary).
     """
     # u by triangular solves: the kappa^2 (r . u) term cancels D's kappa r r^T (kappa reaches
     # 1e10 near the optimum), which an explicit inverse is not accurate enough for.
@@ -932,15 +933,15 @@ def _certificate(
     return a_feasible, gap.clamp_min(0.0) + _FLOAT_SLACK
 
 
-def _kkt_merit(residual_dual, residual_pair, complementarity) -> Tensor:
+def _kkt_merit(residual_dual, residual_pair, complementarity=None) -> Tensor:
     """Squared norm of the perturbed KKT residual, per distribution (frozen duals excluded: their
-    residuals are 0 outside the support and masked on the gauge cells)."""
+    residuals are 0 outside the support and masked on the gauge cells); without
+    ``complementarity``, of the feasibility residuals alone."""
     dual_a, dual_b = residual_dual
-    return (
-        dual_a.square().sum((1, 2))
-        + dual_b.square().sum((1, 2))
-        + (residual_pair.square() + complementarity.square()).sum((1, 2))
-    )
+    pair = residual_pair.square()
+    if complementarity is not None:
+        pair = pair + complementarity.square()
+    return dual_a.square().sum((1, 2)) + dual_b.square().sum((1, 2)) + pair.sum((1, 2))
 
 
 def _residuals(a, b, slack, pair_mass, prob) -> tuple[Tensor, ...]:
@@ -1111,8 +1112,7 @@ def _interior_point(
         # While the point is still infeasible (a residual above mu), keep that much instead: a
         # degenerate joint (X2 a copy of X1) otherwise drives mu to 1e-9 with the marginals 3e-3
         # off, and the singular Newton matrices that follow never restore feasibility.
-        no_gap = torch.zeros_like(residual_pair)
-        infeasible = _kkt_merit(residual_dual, residual_pair, no_gap).sqrt()
+        infeasible = _kkt_merit(residual_dual, residual_pair).sqrt()
         keep = torch.maximum(mu, infeasible).clamp(min=1e-8, max=0.01)
         primal_step = _step_to_boundary(_boundary_ratio(slack, ds, prob), keep)
         dual_step = _step_to_boundary(_boundary_ratio(pair_mass, dq, prob), keep)
