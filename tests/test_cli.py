@@ -56,6 +56,13 @@ def run_command(
     return result
 
 
+def run_two_stages(tmp_path: Path, *overrides: str) -> dict:
+    """Run ``TWO_STAGES`` with ``overrides`` in ``tmp_path / "run"``; its ``summary.json``."""
+    run_dir = tmp_path / "run"
+    run_command([f"hydra.run.dir={run_dir}", *overrides, *TWO_STAGES], tmp_path)
+    return json.loads((run_dir / "summary.json").read_text())
+
+
 def test_the_command_is_installed():
     assert Path(COMMAND).exists(), "pidsched-train is not installed: pip install -e ."
 

@@ -3,8 +3,6 @@ are compiled, a bounded number of graphs per stage / paused set, none in steady-
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 import torch._dynamo
@@ -18,7 +16,7 @@ from _lightning_helpers import (
     single_thread,  # noqa: F401  (fixture)
 )
 from lightning.pytorch import Callback
-from test_cli import TWO_STAGES, run_command
+from test_cli import run_two_stages
 from test_trainer_features import SCRIPT, BranchRecorder, assert_schedule_applied
 
 from pidsched import PIDSchedulerCallback
@@ -100,14 +98,5 @@ def test_compile_pieces_keeps_the_module_layout():
 
 @pytest.mark.slow
 def test_the_app_compiles(tmp_path):
-    run_dir = tmp_path / "run"
-    run_command(
-        [
-            f"hydra.run.dir={run_dir}",
-            "compile={backend:eager}",
-            *TWO_STAGES,
-        ],
-        tmp_path,
-    )
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = run_two_stages(tmp_path, "compile={backend:eager}")
     assert summary["switch_epoch"] == 1 and summary["test_acc"]["fused"] > 0.3

@@ -19,7 +19,7 @@ from _lightning_helpers import (
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins import MixedPrecision
-from test_cli import TWO_STAGES, run_command
+from test_cli import run_two_stages
 from test_trainer_features import SCRIPT, assert_schedule_applied, fit_scheduled
 
 from pidsched import JointController, PIDSchedulerCallback
@@ -118,19 +118,10 @@ def test_ogm_ge_modulates_unscaled_gradients_under_a_grad_scaler(noise):
 
 @pytest.mark.slow
 def test_the_app_trains_in_bf16(tmp_path):
-    run_dir = tmp_path / "run"
-    run_command(
-        [
-            f"hydra.run.dir={run_dir}",
-            "trainer.precision=bf16-mixed",
-            *TWO_STAGES,
-        ],
-        tmp_path,
-    )
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = run_two_stages(tmp_path, "trainer.precision=bf16-mixed")
     assert summary["switch_epoch"] == 1 and summary["selected_epoch"] in (1, 2)
     assert summary["test_acc"]["fused"] > 0.3
-    assert "precision: bf16-mixed" in (run_dir / ".hydra" / "config.yaml").read_text()
+    assert "precision: bf16-mixed" in (tmp_path / "run" / ".hydra" / "config.yaml").read_text()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
