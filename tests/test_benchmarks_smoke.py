@@ -42,7 +42,10 @@ def finished(tmp_path_factory):
             "--quick",
             "--peers",
             "adam",
+            "--probes",
+            "8x8x8:1,4x4x12",
         ],
+        "spectrum": ["newton_spectrum.py", "--sizes", "4"],
     }
     env = dict(os.environ, WANDB_MODE="disabled", PYTHONWARNINGS="ignore")
     processes = {
@@ -123,3 +126,16 @@ def test_solver_quick_compares_with_adam(finished):
     # One row in the single-solve table (with the Adam peer's columns), one in the batched one.
     assert len(rows) == 2 and "adam time" in output
     assert "not run" not in rows[0]
+
+
+def test_solver_quick_times_both_kinds_of_probe(finished):
+    output = successful_output(finished, "solver")
+    probes = [line for line in output.splitlines() if line.startswith(("| 8x8x8 |", "| 4x4x12 |"))]
+    assert len(probes) == 2
+    assert probes[0].endswith("| 1 s |") and probes[1].endswith("| - |")  # the goal column
+
+
+def test_newton_spectrum_prints_the_three_preconditioners(finished):
+    output = successful_output(finished, "spectrum")
+    (row,) = [line for line in output.splitlines() if line.startswith("| 4x4x4 |")]
+    assert row.count("[") == 3  # D blocks, S blocks pinned, S blocks with the gauge free
