@@ -50,6 +50,23 @@ DEFAULT_PROBES = "101x101x101:5,20x20x309:2"
 PROBE_TOL = 1e-5
 
 
+def probe_specs(text: str) -> list[str]:
+    """``--probes``: comma list of ``K1xK2xKy`` or ``K1xK2xKy:goal_seconds`` ('' for none)."""
+    specs = [spec for spec in text.split(",") if spec]
+    for spec in specs:
+        size, _, goal = spec.partition(":")
+        try:
+            ok = len(size.split("x")) == 3 and all(int(k) > 0 for k in size.split("x"))
+            ok = ok and (not goal or float(goal) > 0)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise argparse.ArgumentTypeError(
+                f"{spec!r} is not K1xK2xKy or K1xK2xKy:goal_seconds, e.g. 101x101x101:5"
+            )
+    return specs
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default=DEFAULT_SIZES, help="comma list of K1xK2xKy")
@@ -73,6 +90,7 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--probes",
+        type=probe_specs,
         default=DEFAULT_PROBES,
         help="comma list of K1xK2xKy[:goal seconds] soft probes solved at tol 1e-5 ('' for none)",
     )
@@ -371,7 +389,7 @@ def main(argv=None) -> None:
         batched_rows.append(batched_row(shape, args, generator, device, sync))
         print(f"# done batched {size}", file=sys.stderr, flush=True)
     print_tables(rows, batched_rows, peers, device)
-    probes = [spec for spec in args.probes.split(",") if spec] if device.type == "cpu" else []
+    probes = args.probes if device.type == "cpu" else []
     if probes:
         print()
         print_probes([probe_row(spec, args, generator) for spec in probes])

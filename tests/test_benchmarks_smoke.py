@@ -139,3 +139,13 @@ def test_newton_spectrum_prints_the_three_preconditioners(finished):
     output = successful_output(finished, "spectrum")
     (row,) = [line for line in output.splitlines() if line.startswith("| 4x4x4 |")]
     assert row.count("[") == 3  # D blocks, S blocks pinned, S blocks with the gauge free
+
+
+@pytest.mark.parametrize("spec", ["10x10", "8x8x0", "8x8x8:fast"])
+def test_solver_names_a_bad_probe_spec(spec, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.syspath_prepend(str(BENCHMARKS.parent / "tests"))
+    solver_benchmark = importlib.import_module("solver")
+    with pytest.raises(SystemExit):
+        solver_benchmark.parse_args(["--probes", spec])
+    assert f"argument --probes: {spec!r} is not K1xK2xKy" in capsys.readouterr().err
