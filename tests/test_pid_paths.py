@@ -154,19 +154,38 @@ def test_pruned_solve_is_certified_for_the_original_joint():
     assert pruned.gap.item() <= TOL
 
 
-def test_a_copy_joint_certifies_its_exact_decomposition():
+def _fuzz_case(index: int) -> tuple[str, torch.Tensor]:
+    """Case ``index`` of the benchmark fuzz's default stream (seed 0, 1,600 joints first)."""
+    return next(itertools.islice(fuzz_cases(1600, 200, 0), index, None))
+
+
+@pytest.mark.parametrize("index", [189, 349, 1205, 1229])
+def test_a_copy_joint_certifies_its_exact_decomposition(index):
     # X2 a copy of X1 (every pair weakly active at the optimum): the decomposition is exact,
-    # U1 = U2 = S = 0 and R = I(X1; Y). This fuzz joint (8x8x8, Gamma(0.3) diagonal) once drove mu
-    # to 1e-9 with its marginals 3e-3 off and ended uncertified at max_iter.
-    joint = next(itertools.islice(fuzz_cases(1600, 0, 0), 1229, None))[1]
+    # U1 = U2 = S = 0 and R = I(X1; Y). Case 1229 (8x8x8) once drove mu to 1e-9 with its marginals
+    # 3e-3 off and ended uncertified at max_iter. Cases 189 (2x2x6), 349 (6x6x6) and 1205 (4x4x7)
+    # have a flat dual direction a(x, .) + t, b(x, .) - t whose float64 steps reached 1e13 nats;
+    # without the Newton matrix's ridge they stopped after 10 iterations at 3e-6 to 1.6e-5 bits.
+    family, joint = _fuzz_case(index)
     off_diagonal = ~torch.eye(joint.shape[0], dtype=torch.bool)
-    assert joint.shape == (8, 8, 8) and not joint[off_diagonal].any()  # the copy joint meant
+    assert family == "copy" and not joint[off_diagonal].any()  # the copy joint meant
     result = pid(joint)
     gap = result.gap.item()
     assert gap <= TOL
     for name in ("unique_1", "unique_2", "synergy"):
         assert abs(getattr(result, name).item()) <= gap
     assert result.redundancy.item() == pytest.approx(result.mutual_information_1.item(), abs=gap)
+
+
+def test_a_stalled_corrector_falls_back_to_the_plain_newton_direction():
+    # A 3x3x3 soft probe of confident classifiers (fuzz case 1664): Mehrotra's corrector stopped
+    # decreasing the merit and the solve ended at a certified 2.3e-2 bits. The plain centred
+    # Newton direction, tried where the corrector's line search is cut short, certifies it.
+    family, joint = _fuzz_case(1664)
+    assert family == "soft" and joint.shape == (3, 3, 3)
+    result = pid(joint)
+    assert result.gap.item() <= TOL
+    assert (_atoms(result) >= -result.gap.item()).all()
 
 
 # The families whose every solve certifies to 1e-6 bits at least; "copy" and "peaked" joints can

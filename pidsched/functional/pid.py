@@ -65,6 +65,7 @@ _WARM_MAX_ITER = 30  # iterations a warm start may take before the solve is redo
 _WARM_SLACK = 1e-2  # at most how far (nats) a warm start is pulled into the constraints' interior
 _WARM_SLACK_MIN = 1e-9  # ... and at least
 _MAX_HALVINGS = 30  # step halvings of the merit line search
+_SHORT_STEP = 1.0 / 64  # a line search cut below this step also tries the plain Newton direction
 _CHUNK_BYTES = 8 * 2**20  # batch chunk: bytes of one (K1, K2, Ky, Ky) Newton temporary
 _STALL_LIMIT = 8  # certificates without progress after which a solve stops short of tol
 _CERTIFY_FROM = 100.0  # certificates are computed once the duality measure is below this x tol
@@ -79,6 +80,7 @@ _MAX_DUAL_MOVE = 40.0  # nats a dual variable may move in one Newton step
 _TINY_MASS = 1e-11  # marginal mass below which a cell is removed before solving (recertified)
 _SMALL_MASS = 1e-8  # ... and in a last attempt, where neither that nor the direct solve certified
 _DENSE_MAX_DUALS = 400  # reduced duals up to which "auto" factorises densely (20x20x20)
+_RIDGE = 1e-15  # relative ridge on the Newton blocks' diagonals: bounds steps along flat directions
 
 
 @dataclass
@@ -603,7 +605,7 @@ def _factorise_newton(
     a_blocks = block.sum(3)
     if prob.frozen_a is not None:
         a_blocks = a_blocks + prob.frozen_a
-    chol_a = _cholesky(a_blocks)
+    chol_a = _cholesky(_add_ridge(a_blocks))
     # The gauge cells of b are in the support, so their columns are cleared explicitly.
     coupling = block.reshape(bsz, k1, ky, k2 * ky) * prob.keep_b
     w = torch.linalg.solve_triangular(chol_a, coupling, upper=False).reshape(bsz, k1 * ky, -1)
@@ -611,6 +613,7 @@ def _factorise_newton(
     # D's blocks D[x2][y, y'] sit on the diagonal (x2, x2) of S; the view (y, y', x2) reaches them
     # without an index copy.
     d_blocks = torch.addcmul(prob.frozen_b, block.sum(1).transpose(2, 3), prob.keep_bb)
+    _add_ridge(d_blocks, dims=(1, 2))
     schur.view(bsz, k2, ky, k2, ky).diagonal(dim1=1, dim2=3).add_(d_blocks)
     return _NewtonFactor(chol_a, w, _cholesky(schur))
 
@@ -769,11 +772,11 @@ def _iterative_newton(
     d_blocks.diagonal(dim1=-2, dim2=-1).add_(mass_cond.sum(1))
     if prob.frozen_a is not None:
         a_blocks = a_blocks + prob.frozen_a
-    chol_a = _cholesky(a_blocks)
+    chol_a = _cholesky(_add_ridge(a_blocks))
     allowed_b = (prob.p2 > 0).to(cond.dtype)
     keep = allowed_b[..., :, None] * allowed_b[..., None, :]
     frozen = torch.diag_embed(1 - allowed_b)
-    d_blocks = d_blocks * keep + frozen
+    d_blocks = _add_ridge(d_blocks * keep + frozen)
     if preconditioner is None:
         schur_blocks = (d_blocks - _coupled_blocks(cond, mass_cond, kappa, chol_a)) * keep
         preconditioner = torch.cholesky_inverse(_cholesky(schur_blocks + frozen))
@@ -821,6 +824,21 @@ def _coupled_blocks(cond: Tensor, mass_cond: Tensor, kappa: Tensor, chol_a: Tens
     for x1 in range(cond.shape[1]):
         mass = mass_cond[:, x1]  # (B, K2, Ky)
         blocks.addcmul_(mass[..., :, None] * a_inverse[:, x1, None], mass[..., None, :])
+    return blocks
+
+
+def _add_ridge(blocks: Tensor, dims: tuple[int, int] = (-2, -1)) -> Tensor:
+    """Scale the diagonal (over ``dims``) of the Newton matrix's ``A`` or ``D`` blocks by
+    ``1 + _RIDGE``, in place; returns ``blocks``.
+
+    Where the optimal duals are not unique, the Newton matrix has directions whose curvature
+    vanishes with the pair masses of inactive pairs while the active pairs' curvature ``Q / s``
+    grows: X2 a copy of X1 has the direction ``a(x, .) + t, b(x, .) - t``, with curvature near
+    1e-11 against 1e10 elsewhere, and float64 then returned steps of 1e13 nats (the interior point
+    stalled, gaps up to 2.4e-4 bits). A ridge relative to each diagonal entry, just above float64's
+    resolution, bounds the step along such a direction and changes the others by about 1e-15.
+    """
+    blocks.diagonal(dim1=dims[0], dim2=dims[1]).mul_(1 + _RIDGE)
     return blocks
 
 
@@ -957,6 +975,48 @@ def _take_step(a, b, slack, pair_mass, da, db, ds, dq, primal_step, dual_step):
     # the plain update leaves them as they are (-inf + 0 stays -inf).
     primal, dual = primal_step[:, None, None], dual_step[:, None, None]
     return a + primal * da, b + primal * db, slack + primal * ds, pair_mass + dual * dq
+
+
+def _reordered(direction: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """:func:`_newton_step`'s ``(da, db, dq, ds)`` in :func:`_take_step`'s order ``(da, db, ds,
+    dq)``."""
+    da, db, dq, ds = direction
+    return da, db, ds, dq
+
+
+def _line_search(current, direction, keep, centre, merit, frozen, prob):
+    """Backtracking on the perturbed KKT merit along a Newton ``direction`` ``(da, db, ds, dq)``.
+
+    The full step first goes as far towards the boundary as keeps ``keep`` (per distribution) of
+    every slack and pair mass; each distribution then halves its step until its merit (with the
+    complementarity target ``centre``) falls below ``merit``, at most ``_MAX_HALVINGS`` times.
+    ``frozen`` (or ``None``): distributions that stay where they are. Returns the new point
+    ``(a, b, slack, pair_mass)``, its residuals (``None`` where some distribution never
+    decreased), the primal step taken ``(B,)`` and the factor the halvings cut it by ``(B,)``.
+    """
+    slack, pair_mass = current[2:]
+    ds, dq = direction[2:]
+    primal_step = _step_to_boundary(_boundary_ratio(slack, ds, prob), keep)
+    dual_step = _step_to_boundary(_boundary_ratio(pair_mass, dq, prob), keep)
+    if frozen is not None:
+        primal_step = torch.where(frozen, 0.0, primal_step)
+        dual_step = torch.where(frozen, 0.0, dual_step)
+    scale = torch.ones_like(primal_step)
+    for _ in range(_MAX_HALVINGS):
+        trial = _take_step(*current, *direction, primal_step * scale, dual_step * scale)
+        trial_point = _residuals(*trial, prob)
+        trial_merit = _kkt_merit(
+            trial_point[2], trial_point[3], prob.on_pairs(trial[3] * trial[2] - centre)
+        )
+        trial_merit = torch.nan_to_num(trial_merit, nan=math.inf)
+        accepted = trial_merit <= (1 - 1e-4 * scale) * merit
+        if frozen is not None:
+            accepted = accepted | frozen
+        if accepted.all():
+            return trial, trial_point, primal_step * scale, scale
+        scale = torch.where(accepted, scale, scale * 0.5)
+    trial = _take_step(*current, *direction, primal_step * scale, dual_step * scale)
+    return trial, None, primal_step * scale, scale
 
 
 def _solve_in_chunks(
@@ -1114,11 +1174,6 @@ def _interior_point(
         # off, and the singular Newton matrices that follow never restore feasibility.
         infeasible = _kkt_merit(residual_dual, residual_pair).sqrt()
         keep = torch.maximum(mu, infeasible).clamp(min=1e-8, max=0.01)
-        primal_step = _step_to_boundary(_boundary_ratio(slack, ds, prob), keep)
-        dual_step = _step_to_boundary(_boundary_ratio(pair_mass, dq, prob), keep)
-        if any_done:
-            primal_step = torch.where(done, 0.0, primal_step)
-            dual_step = torch.where(done, 0.0, dual_step)
         if method != "dense":
             # Early Newton steps change the matrix little relative to what CG absorbs: while the
             # two solves took few CG steps, the next step keeps this preconditioner.
@@ -1128,34 +1183,34 @@ def _interior_point(
         # Globalisation: L is nonlinear, so a full step can overshoot far from the optimum (warm
         # starts on a changed p, peaked distributions). Halve both steps until the KKT residual
         # with the centring target decreases.
+        current = (a, b, slack, pair_mass)
         merit = _kkt_merit(residual_dual, residual_pair, centred)
-        scale = torch.ones_like(mu)
-        point = None
-        for _ in range(_MAX_HALVINGS):
-            trial = _take_step(
-                a, b, slack, pair_mass, da, db, ds, dq, primal_step * scale, dual_step * scale
+        frozen = done if any_done else None
+        trial, point, primal_step, halved = _line_search(
+            current, (da, db, ds, dq), keep, centre, merit, frozen, prob
+        )
+        cut = halved < _SHORT_STEP if frozen is None else (halved < _SHORT_STEP) & ~frozen
+        if bool(cut.any()):
+            # Mehrotra's second-order term makes the corrector no exact Newton direction, so it
+            # need not decrease the merit: on peaked joints (one cell near 1, the rest near 1e-7)
+            # it was cut to 1e-4 of a step for 190 iterations running. The plain centred Newton
+            # direction is a descent direction of the merit; take it where it goes further.
+            plain = _newton_step(factor, residual_dual, residual_pair, centred, *args)
+            plain_trial, _, plain_step, _ = _line_search(
+                current, _reordered(plain), keep, centre, merit, frozen, prob
             )
-            trial_point = _residuals(*trial, prob)
-            trial_merit = _kkt_merit(
-                trial_point[2], trial_point[3], prob.on_pairs(trial[3] * trial[2] - centre)
+            further = cut & (plain_step > primal_step)
+            trial = tuple(
+                torch.where(further.view(-1, *[1] * (t.dim() - 1)), pt, t)
+                for t, pt in zip(trial, plain_trial, strict=True)
             )
-            trial_merit = torch.nan_to_num(trial_merit, nan=math.inf)
-            accepted = trial_merit <= (1 - 1e-4 * scale) * merit
-            if any_done:
-                accepted = accepted | done
-            if accepted.all():
-                point = trial_point
-                break
-            scale = torch.where(accepted, scale, scale * 0.5)
-        else:
-            trial = _take_step(
-                a, b, slack, pair_mass, da, db, ds, dq, primal_step * scale, dual_step * scale
-            )
+            point = None
+            primal_step = torch.where(further, plain_step, primal_step)
         a, b, slack, pair_mass = trial
         # A Newton matrix singular in float64 gives primal steps of 1e-11 that never recover (the
         # pair masses alone keep moving, then overflow): stop a distribution stuck like that
         # instead of running it to max_iter.
-        stuck = torch.where(primal_step * scale < _STUCK_STEP, stuck + 1, 0)
+        stuck = torch.where(primal_step < _STUCK_STEP, stuck + 1, 0)
         if bool((stuck >= _STUCK_LIMIT).any()):
             done = done | (stuck >= _STUCK_LIMIT)
             any_done = True
