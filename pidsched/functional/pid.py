@@ -99,7 +99,8 @@ class PIDResult:
         mutual_information_1: I(X1; Y) = U1 + R.
         mutual_information_2: I(X2; Y) = U2 + R.
         gap: certified upper bound on the error of every atom.
-        iterations: Newton iterations the solve took (the largest in the batch).
+        iterations: Newton iterations the solve took (the largest in the batch), summed over its
+            attempts (a distribution that misses ``tol`` is solved again, see ``max_iter``).
         dual_1: optimal dual variables ``a`` shaped ``(..., K1, Ky)`` (``-inf`` on zero cells);
             pass the result as ``warm_start`` to the next solve.
         dual_2: optimal dual variables ``b`` shaped ``(..., K2, Ky)``.
@@ -201,7 +202,10 @@ def pid(
         joint: non-negative tensor ``(..., K1, K2, Ky)`` of counts or probabilities; each
             distribution over the last three dims is normalised. Differentiable.
         tol: requested bound (bits) on the error of every atom; the returned ``gap`` certifies it.
-        max_iter: Newton iterations at most; a solve stopped there warns and reports its larger gap.
+        max_iter: Newton iterations at most per attempt; a distribution that misses ``tol`` is
+            solved again (tiny cells pruned where there are any, then with a scaled merit: see
+            docs/method.md, "Hard joints"), and one that misses it after every attempt warns and
+            reports its smallest certified gap.
         warm_start: a previous result for distributions of the same shape; its dual variables start
             the solve (they stay feasible whatever the new ``p``), which saves most iterations when
             ``p`` changed little.
@@ -301,11 +305,22 @@ def _solve_robustly(
     ``_SMALL_MASS`` are removed instead; where that misses too, the original ``p`` is solved as it
     is. The direct solve comes last because it is the slow one on such joints: marginal masses of
     1e-10 (a confident 30-class probe) keep it at ``max_iter``, 14 s for a 5e-5-bit bound, where
-    the pruned solve certifies 7e-6 bits in 1.8 s. Each distribution keeps its best certificate.
+    the pruned solve certifies 7e-6 bits in 1.8 s.
+
+    Last, a distribution still missing ``tol`` is solved once more with the line search's merit
+    weighing each pair's residual ``L + s`` by ``sqrt(Q)``. On a peaked joint (one cell near 1,
+    the rest near 1e-7) the plain merit is ruled by the residuals of pairs of mass 1e-7, whose
+    ``L`` is very curved along the Newton direction, and its steps are cut to 1e-4 while the
+    peak's marginal stays 1e-4 off; the scaled merit lets those steps through. It is not the
+    default: on a few joints it accepts a large violation on a pair of tiny mass and certifies
+    only 0.3 bits. Each distribution keeps its best certificate of all attempts.
     """
 
     def direct(q: Tensor, w, target: float = tol, iterations: int = max_iter) -> _DualSolution:
         return _solve_in_chunks(q, target, iterations, w, method)
+
+    def scaled(q: Tensor, w) -> _DualSolution:
+        return _solve_in_chunks(q, tol, max_iter, w, method, scaled_merit=True)
 
     def pruned_at(mass: float, share: float = 1.0, iterations: int = max_iter):
         def solve(q: Tensor, w) -> _DualSolution | None:
@@ -320,7 +335,7 @@ def _solve_robustly(
     # all of tol. Cells below _SMALL_MASS cost up to ~1e-5 bits: that solve aims at tol / 4 to
     # leave the extension room, and gets at most 50 iterations (a rescue, not the main solve).
     solution = pruned_at(_TINY_MASS)(p, warm)
-    for attempt in (pruned_at(_SMALL_MASS, 0.25, min(max_iter, 50)), direct):
+    for attempt in (pruned_at(_SMALL_MASS, 0.25, min(max_iter, 50)), direct, scaled):
         solution = attempt(p, warm) if solution is None else _retry(solution, p, tol, attempt, warm)
     return solution
 
@@ -984,12 +999,13 @@ def _reordered(direction: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
     return da, db, ds, dq
 
 
-def _line_search(current, direction, keep, centre, merit, frozen, prob):
+def _line_search(current, direction, keep, centre, merit, frozen, prob, weight):
     """Backtracking on the perturbed KKT merit along a Newton ``direction`` ``(da, db, ds, dq)``.
 
     The full step first goes as far towards the boundary as keeps ``keep`` (per distribution) of
     every slack and pair mass; each distribution then halves its step until its merit (with the
-    complementarity target ``centre``) falls below ``merit``, at most ``_MAX_HALVINGS`` times.
+    complementarity target ``centre``, pair residuals multiplied by ``weight``) falls below
+    ``merit``, at most ``_MAX_HALVINGS`` times.
     ``frozen`` (or ``None``): distributions that stay where they are. Returns the new point
     ``(a, b, slack, pair_mass)``, its residuals (``None`` where some distribution never
     decreased), the primal step taken ``(B,)`` and the factor the halvings cut it by ``(B,)``.
@@ -1006,7 +1022,7 @@ def _line_search(current, direction, keep, centre, merit, frozen, prob):
         trial = _take_step(*current, *direction, primal_step * scale, dual_step * scale)
         trial_point = _residuals(*trial, prob)
         trial_merit = _kkt_merit(
-            trial_point[2], trial_point[3], prob.on_pairs(trial[3] * trial[2] - centre)
+            trial_point[2], trial_point[3] * weight, prob.on_pairs(trial[3] * trial[2] - centre)
         )
         trial_merit = torch.nan_to_num(trial_merit, nan=math.inf)
         accepted = trial_merit <= (1 - 1e-4 * scale) * merit
@@ -1020,14 +1036,19 @@ def _line_search(current, direction, keep, centre, merit, frozen, prob):
 
 
 def _solve_in_chunks(
-    p: Tensor, tol: float, max_iter: int, warm: tuple[Tensor, Tensor, Tensor] | None, method: str
+    p: Tensor,
+    tol: float,
+    max_iter: int,
+    warm: tuple[Tensor, Tensor, Tensor] | None,
+    method: str,
+    scaled_merit: bool = False,
 ) -> _DualSolution:
     """Solve a batch in chunks whose Newton temporaries stay near ``_CHUNK_BYTES``: one huge batch
     is memory-bound and slower per distribution than several cache-sized ones."""
     bsz, k1, k2, ky = p.shape
     chunk = max(1, _CHUNK_BYTES // (k1 * k2 * ky * ky * p.element_size()))
     if bsz <= chunk:
-        return _solve_dual(p, tol, max_iter, warm, method)
+        return _solve_dual(p, tol, max_iter, warm, method, scaled_merit)
     parts = [
         _solve_dual(
             p[start : start + chunk],
@@ -1035,6 +1056,7 @@ def _solve_in_chunks(
             max_iter,
             None if warm is None else tuple(w[start : start + chunk] for w in warm),
             method,
+            scaled_merit,
         )
         for start in range(0, bsz, chunk)
     ]
@@ -1048,7 +1070,12 @@ def _solve_in_chunks(
 
 
 def _solve_dual(
-    p: Tensor, tol: float, max_iter: int, warm: tuple[Tensor, Tensor, Tensor] | None, method: str
+    p: Tensor,
+    tol: float,
+    max_iter: int,
+    warm: tuple[Tensor, Tensor, Tensor] | None,
+    method: str,
+    scaled_merit: bool = False,
 ) -> _DualSolution:
     """Solve, warm-started where given; a warm start that fails to certify is redone cold.
 
@@ -1057,18 +1084,18 @@ def _solve_dual(
     """
     if p.shape[2] > p.shape[1]:
         swapped_warm = None if warm is None else (warm[1], warm[0], warm[2].transpose(1, 2))
-        swapped = _solve_dual(p.transpose(1, 2), tol, max_iter, swapped_warm, method)
+        swapped = _solve_dual(p.transpose(1, 2), tol, max_iter, swapped_warm, method, scaled_merit)
         return _DualSolution(
             swapped.b, swapped.a, swapped.pair_mass.transpose(1, 2), swapped.gap, swapped.iterations
         )
     # A warm start that needs many iterations started far from the new optimum: cut it short.
     solution = _interior_point(
-        p, tol, min(max_iter, _WARM_MAX_ITER) if warm else max_iter, warm, method
+        p, tol, min(max_iter, _WARM_MAX_ITER) if warm else max_iter, warm, method, scaled_merit
     )
     failed = solution.gap > tol
     if warm is None or not failed.any():
         return solution
-    cold = _interior_point(p[failed], tol, max_iter, None, method)
+    cold = _interior_point(p[failed], tol, max_iter, None, method, scaled_merit)
     for name in ("a", "b", "pair_mass", "gap"):
         getattr(solution, name)[failed] = getattr(cold, name)
     solution.iterations += cold.iterations
@@ -1076,12 +1103,19 @@ def _solve_dual(
 
 
 def _interior_point(
-    p: Tensor, tol: float, max_iter: int, warm: tuple[Tensor, Tensor, Tensor] | None, method: str
+    p: Tensor,
+    tol: float,
+    max_iter: int,
+    warm: tuple[Tensor, Tensor, Tensor] | None,
+    method: str,
+    scaled_merit: bool = False,
 ) -> _DualSolution:
     """Primal-dual interior point (Mehrotra predictor-corrector) on the dual problem.
 
     Unknowns: duals ``(a, b)``, pair masses ``Q >= 0`` (the multipliers, i.e. the primal
     ``q(x1, x2)``) and slacks ``s = -L >= 0``. ``p`` is ``(B, K1, K2, Ky)``, normalised.
+    ``scaled_merit``: the line search weighs each pair's residual ``L + s`` by ``sqrt(Q)``
+    (:func:`_solve_robustly` explains when).
     """
     prob = _Problem.from_joint(p)
     bsz, k1, _ = prob.p1.shape
@@ -1184,10 +1218,12 @@ def _interior_point(
         # starts on a changed p, peaked distributions). Halve both steps until the KKT residual
         # with the centring target decreases.
         current = (a, b, slack, pair_mass)
-        merit = _kkt_merit(residual_dual, residual_pair, centred)
+        # A scaled merit weighs each pair's residual L + s by sqrt(Q): see _solve_robustly.
+        weight = pair_mass.sqrt() if scaled_merit else 1.0
+        merit = _kkt_merit(residual_dual, residual_pair * weight, centred)
         frozen = done if any_done else None
         trial, point, primal_step, halved = _line_search(
-            current, (da, db, ds, dq), keep, centre, merit, frozen, prob
+            current, (da, db, ds, dq), keep, centre, merit, frozen, prob, weight
         )
         cut = halved < _SHORT_STEP if frozen is None else (halved < _SHORT_STEP) & ~frozen
         if bool(cut.any()):
@@ -1197,7 +1233,7 @@ def _interior_point(
             # direction is a descent direction of the merit; take it where it goes further.
             plain = _newton_step(factor, residual_dual, residual_pair, centred, *args)
             plain_trial, _, plain_step, _ = _line_search(
-                current, _reordered(plain), keep, centre, merit, frozen, prob
+                current, _reordered(plain), keep, centre, merit, frozen, prob, weight
             )
             further = cut & (plain_step > primal_step)
             trial = tuple(
