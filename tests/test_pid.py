@@ -236,7 +236,7 @@ def test_max_iter_warns_and_reports_the_larger_gap():
     with pytest.warns(RuntimeWarning, match="max_iter=1"):
         result = pid(_random_joint((6, 6, 6)), max_iter=1)
     assert result.gap.item() > TOL
-    # No tiny cells, so two attempts: the direct solve and the scaled-merit one, 1 iteration each.
+    # No tiny cells, so two attempts: the scaled-merit solve and the plain one, 1 iteration each.
     assert result.iterations == 2
 
 
