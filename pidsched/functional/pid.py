@@ -664,7 +664,7 @@ class _IterativeNewton:
     mass_by_label: Tensor  # (B, Ky, K1, K2) Q r, contiguous: one matrix product per label
     kappa: Tensor  # (B, K1, K2) Q / s - Q
     chol_a: Tensor  # (B, K1, Ky, Ky) A's blocks, factorised
-    d_blocks: Tensor  # (B, K2, Ky, Ky), identity on the b duals outside the support
+    d_diagonal: Tensor  # (B, K2, Ky) the mass part of D's blocks, sum_x1 Q r, plus D's ridge
     s_inverse: Tensor  # (B, K2, Ky, Ky) S's diagonal blocks, inverted (the preconditioner)
     allowed_a: Tensor  # (B, K1, Ky) 0/1
     allowed_b: Tensor  # (B, K2, Ky) 0/1
@@ -680,15 +680,24 @@ class _IterativeNewton:
     # The layouts below keep every contraction a batched matrix product over contiguous memory;
     # einsum would otherwise copy the (K1, K2, Ky) tensors into another order at every call.
 
-    def _coupling(self, v: Tensor) -> Tensor:
-        """``C v`` for ``v`` shaped like ``b``: ``(B, K1, Ky)``."""
-        weight = self.kappa * torch.einsum("bijy,bjy->bij", self.cond, v)
+    def _through(self, v: Tensor) -> Tensor:
+        """``r(x1, x2) . v(x2)`` for ``v`` shaped like ``b``: ``(B, K1, K2)``."""
+        return torch.einsum("bijy,bjy->bij", self.cond, v)
+
+    def _through_t(self, w: Tensor) -> Tensor:
+        """``r(x1, x2) . w(x1)`` for ``w`` shaped like ``a``: ``(B, K1, K2)``."""
+        return torch.einsum("bijy,biy->bij", self.cond, w)
+
+    def _coupling(self, v: Tensor, through: Tensor | None = None) -> Tensor:
+        """``C v`` for ``v`` shaped like ``b``: ``(B, K1, Ky)``; ``through``: ``_through(v)``."""
+        weight = self.kappa * (self._through(v) if through is None else through)
         diagonal = torch.matmul(self.mass_by_label, v.transpose(1, 2)[..., None])[..., 0]
         return torch.einsum("bijy,bij->biy", self.cond, weight) + diagonal.transpose(1, 2)
 
-    def _coupling_t(self, w: Tensor) -> Tensor:
-        """``C^T w`` for ``w`` shaped like ``a``: ``(B, K2, Ky)``."""
-        weight = self.kappa * torch.einsum("bijy,biy->bij", self.cond, w)
+    def _coupling_t(self, w: Tensor, weight: Tensor | None = None) -> Tensor:
+        """``C^T w`` for ``w`` shaped like ``a``: ``(B, K2, Ky)``. ``weight`` (pairs) replaces
+        ``kappa * _through_t(w)`` in the rank-one part."""
+        weight = self.kappa * self._through_t(w) if weight is None else weight
         diagonal = torch.matmul(self.mass_by_label.mT, w.transpose(1, 2)[..., None])[..., 0]
         return torch.einsum("bjiy,bji->bjy", self.cond_by_x2, weight.mT) + diagonal.transpose(1, 2)
 
@@ -704,8 +713,14 @@ class _IterativeNewton:
         return v - self.allowed_b * (v.sum(1, keepdim=True) / self.per_label)
 
     def _schur(self, v: Tensor) -> Tensor:
-        d_v = torch.einsum("bjyz,bjz->bjy", self.d_blocks, v)
-        return self._project(d_v - self._coupling_t(self._solve_a(self._coupling(v))))
+        """``S v = D v - C^T A^{-1} C v`` in one pass over the pairs: every pair block
+        ``H = Q R + kappa r r^T`` sits in both ``D`` and ``C``, so with ``u = A^{-1} C v``,
+        ``S v = sum_x1 H (v(x2) - u(x1))``; ``D``'s blocks are never read (at 101^3 they are
+        one 8 MB pass of the ten a CG step makes)."""
+        through = self._through(v)
+        u = self._solve_a(self._coupling(v, through))
+        rank_one = self.kappa * (through - self._through_t(u))
+        return self._project(self.d_diagonal * v + self._coupling_t(-u, rank_one))
 
     def _precondition(self, r: Tensor) -> Tensor:
         return self._project(torch.einsum("bjyz,bjz->bjy", self.s_inverse, r))
@@ -786,16 +801,18 @@ def _iterative_newton(
     weighted = kappa[..., None] * cond
     a_blocks = torch.einsum("bijy,bijz->biyz", weighted, cond)
     a_blocks.diagonal(dim1=-2, dim2=-1).add_(mass_cond.sum(2))
-    d_blocks = torch.einsum("bijy,bijz->bjyz", weighted, cond)
-    d_blocks.diagonal(dim1=-2, dim2=-1).add_(mass_cond.sum(1))
     if prob.frozen_a is not None:
         a_blocks = a_blocks + prob.frozen_a
     chol_a = _cholesky(_add_ridge(a_blocks))
     allowed_b = (prob.p2 > 0).to(cond.dtype)
-    keep = allowed_b[..., :, None] * allowed_b[..., None, :]
-    frozen = torch.diag_embed(1 - allowed_b)
-    d_blocks = _add_ridge(d_blocks * keep + frozen)
+    mass_b = mass_cond.sum(1)
+    # D's ridge (see _add_ridge) on the diagonal sum_x1 (Q r + kappa r^2); 0 outside the support.
+    ridge_b = _RIDGE * (mass_b + (weighted * cond).sum(1))
     if preconditioner is None:
+        keep = allowed_b[..., :, None] * allowed_b[..., None, :]
+        frozen = torch.diag_embed(1 - allowed_b)
+        d_blocks = torch.einsum("bijy,bijz->bjyz", weighted, cond)
+        d_blocks.diagonal(dim1=-2, dim2=-1).add_(mass_b + ridge_b)
         schur_blocks = (d_blocks - _coupled_blocks(cond, mass_cond, kappa, chol_a)) * keep
         preconditioner = torch.cholesky_inverse(_cholesky(schur_blocks + frozen))
     gauge = allowed_b - prob.free_b  # free_b is the allowed cells less one gauge cell per label
@@ -806,7 +823,7 @@ def _iterative_newton(
         mass_cond.permute(0, 3, 1, 2).contiguous(),
         kappa,
         chol_a,
-        d_blocks,
+        mass_b + ridge_b,
         preconditioner,
         (prob.p1 > 0).to(cond.dtype),
         allowed_b,
