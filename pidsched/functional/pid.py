@@ -876,8 +876,9 @@ def _add_ridge(blocks: Tensor, dims: tuple[int, int] = (-2, -1)) -> Tensor:
     vanishes with the pair masses of inactive pairs while the active pairs' curvature ``Q / s``
     grows: X2 a copy of X1 has the direction ``a(x, .) + t, b(x, .) - t``, with curvature near
     1e-11 against 1e10 elsewhere, and float64 then returned dual steps past the 40-nat cap and
-    pair-mass steps of 1e22 (the interior point stalled, gaps up to 2.4e-4 bits). A ridge relative to each diagonal entry, just above float64's
-    resolution, bounds the step along such a direction and changes the others by about 1e-15.
+    pair-mass steps of 1e22 (the interior point stalled, gaps up to 2.4e-4 bits). A ridge relative
+    to each diagonal entry, just above float64's resolution, bounds the step along such a direction
+    and changes the others by about 1e-15.
     """
     blocks.diagonal(dim1=dims[0], dim2=dims[1]).mul_(1 + _RIDGE)
     return blocks
