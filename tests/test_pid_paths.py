@@ -204,6 +204,21 @@ def test_a_peaked_joint_certifies_through_the_scaled_merit(index):
     assert (_atoms(result) >= -result.gap.item()).all()
 
 
+def test_a_confident_probe_certifies_the_callbacks_probe_tol_through_its_pruned_solve():
+    # A 10-class soft probe of confident classifiers (fuzz case 10743: 59 of its 100 marginal
+    # cells between 1e-10 and 1e-8). The 1e-8-pruned solve certifies its own joint to 5e-11 bits;
+    # extending the duals by the joint masses p(x1, y) cost 1.1e-5 bits on the original, above
+    # the callback's probe_tol, and every later attempt ran to max_iter (232 iterations). The
+    # conditionals p(y | x1) give a tighter extension.
+    rng_cases = fuzz_cases(10_000, 1_000, 0)
+    family, joint = next(itertools.islice(rng_cases, 10743, None))
+    assert family == "soft" and joint.shape == (10, 10, 10)
+    result = pid(joint, tol=1e-5)
+    assert result.gap.item() <= 1e-5
+    assert result.iterations <= 30
+    assert (_atoms(result) >= -result.gap.item()).all()
+
+
 # The families whose every solve certifies to 1e-6 bits at least; "peaked" joints can still stall
 # above that (docs/benchmarks.md), but their gaps stay finite and true.
 STRICT = ("dense", "sparse", "one_cell", "one_label", "copy", "int", "float32")

@@ -314,9 +314,9 @@ def _solve_robustly(
     direction, and its steps are cut to 1e-4 while the peak's marginal stays 1e-4 off; the scaled
     merit lets those steps through. It is not the first attempt because on a few joints it
     accepts a large violation on a pair of tiny mass (one certified only 0.3 bits); it comes
-    before the plain direct solve because that one is the slow one on confident probes: a
-    30-class probe of logit margin 20 (marginal masses of 1e-10) at ``tol=1e-7`` ran the plain
-    solve to ``max_iter`` uncertified, where the scaled one certifies in about 30 iterations.
+    before the plain direct solve because that one is the slow one on confident probes: on a
+    30-class probe of logit margin 20 (marginal masses of 1e-10) at ``tol=1e-7`` the plain solve
+    runs to ``max_iter`` (200 iterations, 13 s), the scaled one stops after 54 (5 s).
     """
 
     def direct(q: Tensor, w, target: float = tol, iterations: int = max_iter) -> _DualSolution:
@@ -384,19 +384,24 @@ def _without_tiny_cells(p: Tensor, mass: float) -> Tensor | None:
 def _extend_duals(a: Tensor, b: Tensor, p1: Tensor, p2: Tensor) -> tuple[Tensor, Tensor]:
     """Finite duals for the cells a pruned solve left at ``-inf`` although their mass is positive.
 
-    ``a(x1, y) = log p(x1, y) - max_x2 b(x2, y)``, then
-    ``b(x2, y) = log p(x2, y) - max_x1 a(x1, y)``, so each new term ``exp(a + b)`` of a pair
-    constraint is at most the removed cell's marginal mass: the row shift that restores
-    feasibility and the cells' share of ``g`` both cost only about that mass times its log.
+    ``a(x1, y) = log p(y | x1) - max_x2 b(x2, y)``, then
+    ``b(x2, y) = log p(y | x2) - max_x1 a(x1, y)``, so each new term ``exp(a + b)`` of a pair
+    constraint is at most the removed cell's conditional. The conditional, not the joint mass
+    ``p(x1, y)``: the new cell adds ``a p(x1, y)`` to ``g`` and costs about the row's mass
+    ``p(x1)`` times ``exp(a + max b)`` in the row shift that restores feasibility, and that
+    trade-off peaks at ``a = log(p(x1, y) / p(x1)) - max b``. It cut the certified gap of the
+    fuzz's worst confident soft probe from 1.1e-5 to 7.5e-6 bits.
     """
     finite_b = torch.where(torch.isfinite(b), b, -math.inf).amax(1, keepdim=True)
     top_b = torch.where(torch.isfinite(finite_b), finite_b, 0.0)
     missing_a = (p1 > 0) & ~torch.isfinite(a)
-    a = torch.where(missing_a, torch.log(p1.clamp_min(1e-300)) - top_b, a)
+    cond_1 = p1 / p1.sum(-1, keepdim=True).clamp_min(1e-300)
+    a = torch.where(missing_a, torch.log(cond_1.clamp_min(1e-300)) - top_b, a)
     finite_a = torch.where((p1 > 0) & torch.isfinite(a), a, -math.inf).amax(1, keepdim=True)
     top_a = torch.where(torch.isfinite(finite_a), finite_a, 0.0)
     missing_b = (p2 > 0) & ~torch.isfinite(b)
-    b = torch.where(missing_b, torch.log(p2.clamp_min(1e-300)) - top_a, b)
+    cond_2 = p2 / p2.sum(-1, keepdim=True).clamp_min(1e-300)
+    b = torch.where(missing_b, torch.log(cond_2.clamp_min(1e-300)) - top_a, b)
     return a, b
 
 
