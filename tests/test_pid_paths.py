@@ -197,7 +197,7 @@ def test_a_peaked_joint_certifies_through_the_scaled_merit(index):
     assert family == "peaked"
     p = solver.normalise_joint(joint)[None]
     nats = TOL * solver.LN2
-    plain = solver._solve_in_chunks(p, nats, 200, None, "dense")
+    plain = solver._solve_in_chunks(p, nats, 200, None, solver._Path("dense"))
     assert plain.gap.item() / solver.LN2 > 1e-5  # the failure the scaled attempt exists for
     result = pid(joint)
     assert result.gap.item() <= TOL

@@ -320,10 +320,10 @@ def _solve_robustly(
     """
 
     def direct(q: Tensor, w, target: float = tol, iterations: int = max_iter) -> _DualSolution:
-        return _solve_in_chunks(q, target, iterations, w, method)
+        return _solve_in_chunks(q, target, iterations, w, _Path(method))
 
     def scaled(q: Tensor, w) -> _DualSolution:
-        return _solve_in_chunks(q, tol, max_iter, w, method, scaled_merit=True)
+        return _solve_in_chunks(q, tol, max_iter, w, _Path(method, scaled_merit=True))
 
     def pruned_at(mass: float, share: float = 1.0, iterations: int = max_iter):
         def solve(q: Tensor, w) -> _DualSolution | None:
@@ -513,6 +513,16 @@ class _DualSolution:
     pair_mass: Tensor  # (B, K1, K2) optimal q(x1, x2)
     gap: Tensor  # (B,) certified, nats
     iterations: int
+
+
+@dataclass(frozen=True)
+class _Path:
+    """How a solve's Newton steps are taken: ``method`` (``"dense"`` or ``"iterative"``, see
+    :func:`pid`) and ``scaled_merit``, whether the line search weighs each pair's residual
+    ``L + s`` by ``sqrt(Q)`` (:func:`_solve_robustly` explains when)."""
+
+    method: str
+    scaled_merit: bool = False
 
 
 def _gauge_cells(p2: Tensor) -> Tensor:
@@ -1068,27 +1078,21 @@ def _line_search(current, direction, keep, centre, merit, frozen, prob, weight):
 
 
 def _solve_in_chunks(
-    p: Tensor,
-    tol: float,
-    max_iter: int,
-    warm: tuple[Tensor, Tensor, Tensor] | None,
-    method: str,
-    scaled_merit: bool = False,
+    p: Tensor, tol: float, max_iter: int, warm: tuple[Tensor, Tensor, Tensor] | None, path: _Path
 ) -> _DualSolution:
     """Solve a batch in chunks whose Newton temporaries stay near ``_CHUNK_BYTES``: one huge batch
     is memory-bound and slower per distribution than several cache-sized ones."""
     bsz, k1, k2, ky = p.shape
     chunk = max(1, _CHUNK_BYTES // (k1 * k2 * ky * ky * p.element_size()))
     if bsz <= chunk:
-        return _solve_dual(p, tol, max_iter, warm, method, scaled_merit)
+        return _solve_dual(p, tol, max_iter, warm, path)
     parts = [
         _solve_dual(
             p[start : start + chunk],
             tol,
             max_iter,
             None if warm is None else tuple(w[start : start + chunk] for w in warm),
-            method,
-            scaled_merit,
+            path,
         )
         for start in range(0, bsz, chunk)
     ]
@@ -1102,12 +1106,7 @@ def _solve_in_chunks(
 
 
 def _solve_dual(
-    p: Tensor,
-    tol: float,
-    max_iter: int,
-    warm: tuple[Tensor, Tensor, Tensor] | None,
-    method: str,
-    scaled_merit: bool = False,
+    p: Tensor, tol: float, max_iter: int, warm: tuple[Tensor, Tensor, Tensor] | None, path: _Path
 ) -> _DualSolution:
     """Solve, warm-started where given; a warm start that fails to certify is redone cold.
 
@@ -1116,18 +1115,18 @@ def _solve_dual(
     """
     if p.shape[2] > p.shape[1]:
         swapped_warm = None if warm is None else (warm[1], warm[0], warm[2].transpose(1, 2))
-        swapped = _solve_dual(p.transpose(1, 2), tol, max_iter, swapped_warm, method, scaled_merit)
+        swapped = _solve_dual(p.transpose(1, 2), tol, max_iter, swapped_warm, path)
         return _DualSolution(
             swapped.b, swapped.a, swapped.pair_mass.transpose(1, 2), swapped.gap, swapped.iterations
         )
     # A warm start that needs many iterations started far from the new optimum: cut it short.
     solution = _interior_point(
-        p, tol, min(max_iter, _WARM_MAX_ITER) if warm else max_iter, warm, method, scaled_merit
+        p, tol, min(max_iter, _WARM_MAX_ITER) if warm else max_iter, warm, path
     )
     failed = solution.gap > tol
     if warm is None or not failed.any():
         return solution
-    cold = _interior_point(p[failed], tol, max_iter, None, method, scaled_merit)
+    cold = _interior_point(p[failed], tol, max_iter, None, path)
     for name in ("a", "b", "pair_mass", "gap"):
         getattr(solution, name)[failed] = getattr(cold, name)
     solution.iterations += cold.iterations
@@ -1135,19 +1134,12 @@ def _solve_dual(
 
 
 def _interior_point(
-    p: Tensor,
-    tol: float,
-    max_iter: int,
-    warm: tuple[Tensor, Tensor, Tensor] | None,
-    method: str,
-    scaled_merit: bool = False,
+    p: Tensor, tol: float, max_iter: int, warm: tuple[Tensor, Tensor, Tensor] | None, path: _Path
 ) -> _DualSolution:
     """Primal-dual interior point (Mehrotra predictor-corrector) on the dual problem.
 
     Unknowns: duals ``(a, b)``, pair masses ``Q >= 0`` (the multipliers, i.e. the primal
     ``q(x1, x2)``) and slacks ``s = -L >= 0``. ``p`` is ``(B, K1, K2, Ky)``, normalised.
-    ``scaled_merit``: the line search weighs each pair's residual ``L + s`` by ``sqrt(Q)``
-    (:func:`_solve_robustly` explains when).
     """
     prob = _Problem.from_joint(p)
     bsz, k1, _ = prob.p1.shape
@@ -1210,7 +1202,7 @@ def _interior_point(
         iterations += 1
 
         mass_per_slack = pair_mass / slack
-        if method == "dense":
+        if path.method == "dense":
             factor = _factorise_newton(cond, pair_mass, mass_per_slack, prob)
         else:
             forcing = _kkt_merit(residual_dual, residual_pair, complementarity).sqrt()
@@ -1220,10 +1212,10 @@ def _interior_point(
         # Predictor: the affine direction towards complementarity 0. It only sets the centring
         # and the corrector's second-order term, so CG may solve it 100x more loosely (at most
         # 0.1): on the 101^3 probe that cut its CG steps from 124 to 50, iterations unchanged.
-        if method != "dense":
+        if path.method != "dense":
             factor.forcing = (forcing * _PREDICTOR_LOOSENESS).clamp(max=_PREDICTOR_FORCING)
         _, _, dq, ds = _newton_step(factor, residual_dual, residual_pair, complementarity, *args)
-        if method != "dense":
+        if path.method != "dense":
             factor.forcing = forcing
         step = _step_to_boundary(
             torch.minimum(_boundary_ratio(pair_mass, dq, prob), _boundary_ratio(slack, ds, prob))
@@ -1246,7 +1238,7 @@ def _interior_point(
         # off, and the singular Newton matrices that follow never restore feasibility.
         infeasible = _kkt_merit(residual_dual, residual_pair).sqrt()
         keep = torch.maximum(mu, infeasible).clamp(min=1e-8, max=0.01)
-        if method != "dense":
+        if path.method != "dense":
             # Early Newton steps change the matrix little relative to what CG absorbs: while the
             # two solves took few CG steps, the next step keeps this preconditioner.
             short = factor.fallback is None and factor.cg_iterations <= _REUSE_CG_STEPS
@@ -1257,7 +1249,7 @@ def _interior_point(
         # with the centring target decreases.
         current = (a, b, slack, pair_mass)
         # A scaled merit weighs each pair's residual L + s by sqrt(Q): see _solve_robustly.
-        weight = pair_mass.sqrt() if scaled_merit else 1.0
+        weight = pair_mass.sqrt() if path.scaled_merit else 1.0
         merit = _kkt_merit(residual_dual, residual_pair * weight, centred)
         frozen = done if any_done else None
         trial, point, primal_step, halved = _line_search(
