@@ -271,6 +271,36 @@ def test_large_batches_are_solved_in_chunks_with_the_same_result(monkeypatch):
     assert (chunked.gap <= TOL).all()
 
 
+def test_finished_distributions_leave_the_batch_and_keep_their_place(monkeypatch):
+    # A batch runs as long as its slowest member; a row that has certified must stop costing
+    # Newton steps, and its result must come back in its own place.
+    solver = importlib.import_module("pidsched.functional.pid")
+    torch.manual_seed(14)
+    independent = torch.einsum(
+        "i,j,y->ijy", *(torch.rand(5, dtype=torch.float64) for _ in range(3))
+    )
+    joints = torch.stack([_random_joint((5, 5, 5)), independent, _random_joint((5, 5, 5))])
+    joints[2, :, :, 0] *= 1e-6  # a nearly empty label: more iterations than the others
+    sizes = []
+    factorise = solver._factorise_newton
+    monkeypatch.setattr(
+        solver,
+        "_factorise_newton",
+        lambda cond, *rest: sizes.append(len(cond)) or factorise(cond, *rest),
+    )
+    batched = pid(joints, method="dense")
+    assert sizes[0] == 3 and sizes[-1] < 3 and sizes == sorted(sizes, reverse=True)
+    monkeypatch.setattr(solver, "_factorise_newton", factorise)
+    for i, joint in enumerate(joints):
+        single = pid(joint, method="dense")
+        for name in (*ATOMS, "gap"):
+            assert getattr(batched, name)[i].item() == pytest.approx(
+                getattr(single, name).item(), abs=1e-12
+            )
+        assert torch.allclose(batched.pair_mass[i], single.pair_mass, atol=1e-12)
+    assert (batched.gap <= TOL).all()
+
+
 def test_a_singular_newton_block_is_ridged_alone(monkeypatch):
     # A batch shares one factorisation call: a ridge for one near-singular matrix used to be
     # added to every matrix of the batch, perturbing the other distributions' Newton steps (the
