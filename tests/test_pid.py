@@ -231,13 +231,17 @@ def test_tolerance_is_honoured():
     assert loose.iterations < tight.iterations
 
 
-def test_max_iter_warns_and_reports_the_larger_gap():
+def test_max_iter_warns_and_reports_the_larger_gap(newton_path):
     torch.manual_seed(6)
+    joint = _random_joint((6, 6, 6))
     with pytest.warns(RuntimeWarning, match="max_iter=1"):
-        result = pid(_random_joint((6, 6, 6)), max_iter=1)
+        result = pid(joint, max_iter=1)
     assert result.gap.item() > TOL
-    # No tiny cells, so two attempts: the scaled-merit solve and the plain one, 1 iteration each.
-    assert result.iterations == 2
+    # No tiny cells, so two attempts per Newton path, the scaled-merit solve and the plain one,
+    # 1 iteration each; "auto" on the dense path tries the iterative one too.
+    assert result.iterations == (4 if newton_path == "dense" else 2)
+    with pytest.warns(RuntimeWarning, match="max_iter=1"):
+        assert pid(joint, max_iter=1, method=newton_path).iterations == 2  # a forced path only
 
 
 # ---------------------------------------------------------------------------- batching, warm start

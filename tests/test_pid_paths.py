@@ -188,6 +188,22 @@ def test_a_stalled_corrector_falls_back_to_the_plain_newton_direction():
     assert (_atoms(result) >= -result.gap.item()).all()
 
 
+@pytest.mark.parametrize("index", [928, 1474])
+def test_auto_rescues_a_joint_the_dense_path_misses_on_the_iterative_one(index, monkeypatch):
+    # Fuzz cases 928 (dense, 9x5x4) and 1474 (peaked, 2x2x8): all four dense attempts end at
+    # 3.0e-6 and 1.2e-5 bits, where float64 rounding stalls them; the iterative path rounds
+    # differently and certifies 3.0e-9 and 2.1e-12 bits. A forced path gets no second chance.
+    family, joint = _fuzz_case(index)
+    assert family in ("dense", "peaked") and max(joint.shape) <= 9
+    calls = _count_calls(monkeypatch)
+    result = pid(joint)
+    assert result.gap.item() <= TOL and calls["iterative"] > 0
+    assert (_atoms(result) >= -result.gap.item()).all()
+    with pytest.warns(RuntimeWarning, match="tol="):
+        forced = pid(joint, method="dense")
+    assert forced.gap.item() > TOL
+
+
 @pytest.mark.parametrize("index", [146, 186])
 def test_a_peaked_joint_certifies_through_the_scaled_merit(index):
     # One cell near 1, the rest near 1e-7 (fuzz cases 146: 5x4x5 and 186: 3x7x2). The plain merit

@@ -218,7 +218,9 @@ def pid(
             runs preconditioned conjugate gradients on it matrix-free (``O(K1 K2 Ky)`` per CG
             step, tens of steps per Newton system, ``O(K1 K2 Ky^2)`` to build the
             preconditioner); ``"auto"`` (default) takes the dense path up to 400 reduced duals
-            (20x20x20, where it is faster) and the iterative one above. Both certify ``gap``.
+            (20x20x20, where it is faster) and the iterative one above, and solves a
+            distribution that misses ``tol`` on the dense path again on the iterative one (the
+            two round differently near float64's limit). Both certify ``gap``.
 
     Returns:
         A :class:`PIDResult` of tensors with the batch shape, in bits. Gradients with respect to
@@ -249,7 +251,11 @@ def pid(
     warm = _warm_duals(warm_start, p.shape)
 
     flat = p.detach().reshape(-1, k1, k2, ky)
-    solution = _solve_robustly(flat, tol * LN2, max_iter, warm, _choose_method(method, p.shape))
+    path = _choose_method(method, p.shape)
+    # "auto" gives a distribution that misses tol on the dense path a second chance on the
+    # iterative one: docs/method.md, "Hard joints".
+    rescue = ("iterative",) if method == "auto" and path == "dense" else ()
+    solution = _solve_robustly(flat, tol * LN2, max_iter, warm, path, rescue)
     a = solution.a.reshape(*batch, k1, ky)
     b = solution.b.reshape(*batch, k2, ky)
 
@@ -296,7 +302,12 @@ def _choose_method(method: str, shape: torch.Size) -> str:
 
 
 def _solve_robustly(
-    p: Tensor, tol: float, max_iter: int, warm: tuple[Tensor, Tensor, Tensor] | None, method: str
+    p: Tensor,
+    tol: float,
+    max_iter: int,
+    warm: tuple[Tensor, Tensor, Tensor] | None,
+    method: str,
+    rescue: tuple[str, ...] = (),
 ) -> _DualSolution:
     """Solve with the cells of tiny marginal mass removed, certify on the original ``p``.
 
@@ -307,7 +318,8 @@ def _solve_robustly(
     a true bound. Where that bound misses ``tol`` (the removed mass mattered), cells below
     ``_SMALL_MASS`` are removed instead. Where that misses too, the original ``p`` is solved with
     the line search's merit weighing each pair's residual ``L + s`` by ``sqrt(Q)``, and last with
-    the plain merit. Each distribution keeps its best certificate of all attempts.
+    the plain merit; where those miss too, each Newton path of ``rescue`` makes the same two
+    attempts. Each distribution keeps its best certificate of all attempts.
 
     Why the scaled merit: on a peaked joint (one cell near 1, the rest near 1e-7) the plain merit
     is ruled by the residuals of pairs of mass 1e-7, whose ``L`` is very curved along the Newton
@@ -322,8 +334,8 @@ def _solve_robustly(
     def direct(q: Tensor, w, target: float = tol, iterations: int = max_iter) -> _DualSolution:
         return _solve_in_chunks(q, target, iterations, w, _Path(method))
 
-    def scaled(q: Tensor, w) -> _DualSolution:
-        return _solve_in_chunks(q, tol, max_iter, w, _Path(method, scaled_merit=True))
+    def on_path(path: _Path):
+        return lambda q, w: _solve_in_chunks(q, tol, max_iter, w, path)
 
     def pruned_at(mass: float, share: float = 1.0, iterations: int = max_iter):
         def solve(q: Tensor, w) -> _DualSolution | None:
@@ -338,7 +350,10 @@ def _solve_robustly(
     # all of tol. Cells below _SMALL_MASS cost up to ~1e-5 bits: that solve aims at tol / 4 to
     # leave the extension room, and gets at most 50 iterations (a rescue, not the main solve).
     solution = pruned_at(_TINY_MASS)(p, warm)
-    for attempt in (pruned_at(_SMALL_MASS, 0.25, min(max_iter, 50)), scaled, direct):
+    attempts = [pruned_at(_SMALL_MASS, 0.25, min(max_iter, 50))]
+    for newton in (method, *rescue):
+        attempts += [on_path(_Path(newton, scaled_merit=True)), on_path(_Path(newton))]
+    for attempt in attempts:
         solution = attempt(p, warm) if solution is None else _retry(solution, p, tol, attempt, warm)
     return solution
 
