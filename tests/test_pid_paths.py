@@ -188,6 +188,21 @@ def test_a_stalled_corrector_falls_back_to_the_plain_newton_direction():
     assert (_atoms(result) >= -result.gap.item()).all()
 
 
+@pytest.mark.parametrize(
+    ("shape", "rescue"),
+    [((6, 6, 6), ("iterative",)), ((30, 30, 30), ("dense",)), ((40, 40, 40), ())],
+)
+def test_auto_retries_a_missed_tol_on_the_other_path_where_it_is_affordable(shape, rescue):
+    assert solver._rescue("auto", torch.Size(shape)) == rescue
+    assert solver._rescue("dense", torch.Size(shape)) == solver._rescue("iterative", shape) == ()
+    if shape == (6, 6, 6):
+        # No tiny cells: the scaled-merit and plain solves on each path, 1 iteration each.
+        with pytest.warns(RuntimeWarning, match="max_iter=1"):
+            assert pid(_dirichlet(shape, 0.5, 6), max_iter=1).iterations == 4
+        with pytest.warns(RuntimeWarning, match="max_iter=1"):
+            assert pid(_dirichlet(shape, 0.5, 6), max_iter=1, method="dense").iterations == 2
+
+
 @pytest.mark.parametrize("index", [928, 1474])
 def test_auto_rescues_a_joint_the_dense_path_misses_on_the_iterative_one(index, monkeypatch):
     # Fuzz cases 928 (dense, 9x5x4) and 1474 (peaked, 2x2x8): all four dense attempts end at

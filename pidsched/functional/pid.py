@@ -218,9 +218,10 @@ def pid(
             runs preconditioned conjugate gradients on it matrix-free (``O(K1 K2 Ky)`` per CG
             step, tens of steps per Newton system, ``O(K1 K2 Ky^2)`` to build the
             preconditioner); ``"auto"`` (default) takes the dense path up to 400 reduced duals
-            (20x20x20, where it is faster) and the iterative one above, and solves a
+            (20x20x20, where it is faster) and the iterative one above; it solves a
             distribution that misses ``tol`` on the dense path again on the iterative one (the
-            two round differently near float64's limit). Both certify ``gap``.
+            two round differently near float64's limit), and one that misses it on the iterative
+            path again on the dense one up to 1,024 reduced duals. Both certify ``gap``.
 
     Returns:
         A :class:`PIDResult` of tensors with the batch shape, in bits. Gradients with respect to
@@ -252,10 +253,7 @@ def pid(
 
     flat = p.detach().reshape(-1, k1, k2, ky)
     path = _choose_method(method, p.shape)
-    # "auto" gives a distribution that misses tol on the dense path a second chance on the
-    # iterative one: docs/method.md, "Hard joints".
-    rescue = ("iterative",) if method == "auto" and path == "dense" else ()
-    solution = _solve_robustly(flat, tol * LN2, max_iter, warm, path, rescue)
+    solution = _solve_robustly(flat, tol * LN2, max_iter, warm, path, _rescue(method, p.shape))
     a = solution.a.reshape(*batch, k1, ky)
     b = solution.b.reshape(*batch, k2, ky)
 
@@ -299,6 +297,19 @@ def _choose_method(method: str, shape: torch.Size) -> str:
         return method
     *_, k1, k2, ky = shape
     return "dense" if min(k1, k2) * ky <= _DENSE_MAX_DUALS else "iterative"
+
+
+def _rescue(method: str, shape: torch.Size) -> tuple[str, ...]:
+    """The other Newton path, on which ``"auto"`` solves again a distribution that misses ``tol``
+    on its own (near float64's limit the two stall at different points: docs/method.md, "Hard
+    joints"), where that path is affordable: the dense one up to ``_DENSE_FALLBACK_DUALS``
+    reduced duals. A forced ``method`` keeps to its path."""
+    if method != "auto":
+        return ()
+    if _choose_method(method, shape) == "dense":
+        return ("iterative",)
+    *_, k1, k2, ky = shape
+    return ("dense",) if min(k1, k2) * ky <= _DENSE_FALLBACK_DUALS else ()
 
 
 def _solve_robustly(
