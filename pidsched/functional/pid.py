@@ -335,11 +335,13 @@ def _solve_robustly(
     Why the scaled merit: on a peaked joint (one cell near 1, the rest near 1e-7) the plain merit
     is ruled by the residuals of pairs of mass 1e-7, whose ``L`` is very curved along the Newton
     direction, and its steps are cut to 1e-4 while the peak's marginal stays 1e-4 off; the scaled
-    merit lets those steps through. It is not the first attempt because on a few joints it
-    accepts a large violation on a pair of tiny mass (one certified only 0.3 bits); it comes
-    before the plain direct solve because that one is the slow one on confident probes: on a
-    30-class probe of logit margin 20 (marginal masses of 1e-10) at ``tol=1e-7`` the plain solve
-    runs to ``max_iter`` (200 iterations, 13 s), the scaled one stops after 54 (5 s).
+    merit lets those steps through. It is not the first attempt where there are tiny cells to
+    prune, because on a few joints it accepts a large violation on a pair of tiny mass (one
+    certified only 0.3 bits); on a joint with no such cell the pruned attempts do not run, and it
+    is the first solve. It comes before the plain direct solve because that one is the slow one
+    on confident probes: on a 30-class probe of logit margin 20 (marginal masses of 1e-10) at
+    ``tol=1e-7`` the plain solve runs to ``max_iter`` (200 iterations, 13 s), the scaled one
+    stops after 54 (5 s).
     """
 
     def direct(q: Tensor, w, target: float = tol, iterations: int = max_iter) -> _DualSolution:
