@@ -344,18 +344,15 @@ def _solve_robustly(
     stops after 54 (5 s).
     """
 
-    def direct(q: Tensor, w, target: float = tol, iterations: int = max_iter) -> _DualSolution:
-        return _solve_in_chunks(q, target, iterations, w, _Path(method))
-
-    def on_path(path: _Path):
-        return lambda q, w: _solve_in_chunks(q, tol, max_iter, w, path)
+    def on_path(path: _Path, target: float = tol, iterations: int = max_iter):
+        return lambda q, w: _solve_in_chunks(q, target, iterations, w, path)
 
     def pruned_at(mass: float, share: float = 1.0, iterations: int = max_iter):
         def solve(q: Tensor, w) -> _DualSolution | None:
             pruned = _without_tiny_cells(q, mass)
             if pruned is None:
                 return None
-            return _recertify(q, direct(pruned, w, tol * share, iterations))
+            return _recertify(q, on_path(_Path(method), tol * share, iterations)(pruned, w))
 
         return solve
 
