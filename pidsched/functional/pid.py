@@ -27,9 +27,9 @@ gradient of ``V`` (envelope theorem).
 
 Certificate. ``g(a, b) <= min f <= f(q)`` for every feasible ``(a, b)`` and every ``q`` exactly in
 ``Delta_p``. We take ``q = Q(x1, x2) softmax_y(a + b)``, round it per label exactly onto the two
-marginals (Altschuler, Weed and Rigollet 2017, Algorithm 2), and shift each row of ``a`` onto the
-feasible set. ``gap = f(q) - g(a, b)`` bounds the error of ``V``, hence of every atom, which is
-``V`` plus exact plug-in informations.
+marginals (Altschuler, Weed and Rigollet 2017, Algorithm 2), and shift the rows of ``a`` and the
+columns of ``b`` onto the feasible set (:func:`_make_feasible`). ``gap = f(q) - g(a, b)`` bounds
+the error of ``V``, hence of every atom, which is ``V`` plus exact plug-in informations.
 
 Structural zeros are removed before solving: a cell with ``p1(x1, y) = 0`` or ``p2(x2, y) = 0`` is
 zero in every ``q`` of ``Delta_p``, so its exponential is dropped from the constraints (its dual
@@ -40,9 +40,10 @@ Tiny masses. Cells whose marginal mass is positive but below ``_TINY_MASS`` (sof
 probabilities of confident classifiers, 1e-17) are removed before the solve and the certificate
 is recomputed for the original ``p`` with the duals extended to them (:func:`_solve_robustly`);
 where that misses ``tol`` the cells below ``_SMALL_MASS`` are removed, and where that misses too
-the original ``p`` is solved directly. A solve that never reaches a
-certificate (``max_iter``) certifies its last point or the cold start: ``gap`` is always finite
-and a true bound.
+the original ``p`` is solved directly; a distribution that every interior-point attempt leaves
+above ``tol`` is polished by Levenberg-Marquardt on its optimality conditions, which has no
+barrier (:func:`_polish`). A solve that never reaches a certificate (``max_iter``) certifies its
+last point or the cold start: ``gap`` is always finite and a true bound.
 """
 
 from __future__ import annotations
@@ -84,6 +85,10 @@ _TINY_MASS = 1e-11  # marginal mass below which a cell is removed before solving
 _SMALL_MASS = 1e-8  # ... and in a last attempt, where neither that nor the direct solve certified
 _DENSE_MAX_DUALS = 400  # reduced duals up to which "auto" factorises densely (20x20x20)
 _RIDGE = 1e-15  # relative ridge on the Newton blocks' diagonals: bounds steps along flat directions
+_FEASIBILITY_SWEEPS = 2  # c-transform rounds of the certificate's dual shift (_make_feasible)
+_POLISH_STEPS = 100  # Levenberg-Marquardt steps of the last attempt on a missed tol (_polish)
+_POLISH_DAMPING = (1e-6, 1e8, 1e-14)  # its first damping, the largest tried, the smallest
+_POLISH_MAX_UNKNOWNS = 2_048  # (K1 + K2) Ky + K1 K2 up to which that attempt runs (dense LSQ)
 
 
 @dataclass
@@ -206,9 +211,9 @@ def pid(
             distribution over the last three dims is normalised. Differentiable.
         tol: requested bound (bits) on the error of every atom; the returned ``gap`` certifies it.
         max_iter: Newton iterations at most per attempt; a distribution that misses ``tol`` is
-            solved again (tiny cells pruned where there are any, then with a scaled merit: see
-            docs/method.md, "Hard joints"), and one that misses it after every attempt warns and
-            reports its smallest certified gap.
+            solved again (tiny cells pruned where there are any, then with a scaled merit, then
+            polished without a barrier: see docs/method.md, "Hard joints"), and one that misses
+            it after every attempt warns and reports its smallest certified gap.
         warm_start: a previous result for distributions of the same shape; its dual variables start
             the solve (they stay feasible whatever the new ``p``), which saves most iterations when
             ``p`` changed little.
@@ -330,7 +335,9 @@ def _solve_robustly(
     ``_SMALL_MASS`` are removed instead. Where that misses too, the original ``p`` is solved with
     the line search's merit weighing each pair's residual ``L + s`` by ``sqrt(Q)``, and last with
     the plain merit; where those miss too, each Newton path of ``rescue`` makes the same two
-    attempts. Each distribution keeps its best certificate of all attempts.
+    attempts, and last the best point so far is polished (:func:`_polish`, up to
+    ``_POLISH_MAX_UNKNOWNS`` unknowns). Each distribution keeps its best certificate of all
+    attempts.
 
     Why the scaled merit: on a peaked joint (one cell near 1, the rest near 1e-7) the plain merit
     is ruled by the residuals of pairs of mass 1e-7, whose ``L`` is very curved along the Newton
@@ -365,6 +372,11 @@ def _solve_robustly(
         attempts += [on_path(_Path(newton, scaled_merit=True)), on_path(_Path(newton))]
     for attempt in attempts:
         solution = attempt(p, warm) if solution is None else _retry(solution, p, tol, attempt, warm)
+    *_, k1, k2, ky = p.shape
+    if (k1 + k2) * ky + k1 * k2 <= _POLISH_MAX_UNKNOWNS:
+        missed = solution.gap > tol
+        polish = lambda q, _: _polish(q, solution.rows(missed), tol, max_iter)  # noqa: E731
+        solution = _retry(solution, p, tol, polish, warm)
     return solution
 
 
@@ -436,8 +448,8 @@ def _recertify(p: Tensor, solution: _DualSolution) -> _DualSolution:
     a, b = _extend_duals(solution.a, solution.b, prob.p1, prob.p2)
     a = a.masked_fill(prob.p1 <= 0, -math.inf)
     b = b.masked_fill(prob.p2 <= 0, -math.inf)
-    a_feasible, gap = _certify(a, b, solution.pair_mass, prob)
-    return _DualSolution(a_feasible, b, solution.pair_mass, gap, solution.iterations)
+    a_feasible, b_feasible, gap = _certify(a, b, solution.pair_mass, prob)
+    return _DualSolution(a_feasible, b_feasible, solution.pair_mass, gap, solution.iterations)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -539,6 +551,12 @@ class _DualSolution:
     gap: Tensor  # (B,) certified, nats
     iterations: int
 
+    def rows(self, mask: Tensor) -> _DualSolution:
+        """The distributions selected by ``mask (B,)``."""
+        return _DualSolution(
+            self.a[mask], self.b[mask], self.pair_mass[mask], self.gap[mask], self.iterations
+        )
+
 
 @dataclass(frozen=True)
 class _Path:
@@ -562,11 +580,32 @@ def _dual_objective(a: Tensor, b: Tensor, p1: Tensor, p2: Tensor) -> Tensor:
     return _masked_dot(a, p1) + _masked_dot(b, p2)
 
 
-def _make_feasible(a: Tensor, lse: Tensor, prob: _Problem) -> Tensor:
-    """Shift each row ``a(x1, .)`` so its largest pair constraint ``L`` (given) is exactly 0."""
-    row_max = lse.masked_fill(~prob.valid, -math.inf).amax(2)
-    shift = torch.where(torch.isfinite(row_max), row_max, 0.0)
-    return a - shift[:, :, None]
+def _make_feasible(a: Tensor, b: Tensor, lse: Tensor, prob: _Problem) -> tuple[Tensor, Tensor]:
+    """The duals shifted onto the feasible set by a row shift ``alpha(x1)`` of ``a`` and a column
+    shift ``beta(x2)`` of ``b`` (constant in ``y``), given the pair constraints ``L`` (``lse``).
+
+    Any shifts with ``alpha(x1) + beta(x2) >= L(x1, x2)`` on every valid pair make ``(a - alpha,
+    b - beta)`` feasible, at a cost ``sum alpha p(x1) + sum beta p(x2)`` to ``g``: the cheapest are
+    a transport problem's dual. Alternating c-transforms from ``beta = 0``, ``alpha = max_x2 (L -
+    beta)`` then ``beta = max_x1 (L - alpha)``, never raise that cost and keep every row's largest
+    constraint at exactly 0; the first alone is the plain row shift. The second pays where the
+    violations sit in a column: a pruned solve's duals extended to its removed cells
+    (:func:`_extend_duals`) raise every pair of the columns they touch, and a row shift pays for
+    each of those pairs once per row.
+    """
+    pairs = lse.masked_fill(~prob.valid, -math.inf)
+    beta = torch.zeros_like(pairs[:, :1, :])
+    for _ in range(_FEASIBILITY_SWEEPS):
+        alpha = _finite_or_zero((pairs - beta).amax(2, keepdim=True))
+        beta = _finite_or_zero((pairs - alpha).amax(1, keepdim=True))
+    # The last alpha is the best response to the last beta: every row ends tight.
+    alpha = _finite_or_zero((pairs - beta).amax(2, keepdim=True))
+    return a - alpha, b - beta.transpose(1, 2)
+
+
+def _finite_or_zero(shift: Tensor) -> Tensor:
+    """``shift`` with the ``-inf`` of rows or columns without a valid pair set to 0."""
+    return torch.where(torch.isfinite(shift), shift, 0.0)
 
 
 def _fix_gauge(a: Tensor, b: Tensor, prob: _Problem) -> tuple[Tensor, Tensor]:
@@ -1023,14 +1062,14 @@ def _round_to_marginals(q: Tensor, prob: _Problem) -> Tensor:
 
 def _certificate(
     a: Tensor, b: Tensor, pair_mass: Tensor, lse: Tensor, cond: Tensor, prob: _Problem
-) -> tuple[Tensor, Tensor]:
-    """Feasible dual ``a`` (row-shifted onto the constraint boundary) and the certified gap (nats):
-    ``f(q) - g(a, b)`` with ``q = Q r`` rounded exactly onto ``Delta_p``; ``lse`` and ``cond`` are
-    ``L`` and ``r`` at ``(a, b)``."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Feasible duals ``(a, b)`` (shifted onto the constraint boundary, :func:`_make_feasible`)
+    and the certified gap (nats): ``f(q) - g(a, b)`` with ``q = Q r`` rounded exactly onto
+    ``Delta_p``; ``lse`` and ``cond`` are ``L`` and ``r`` at ``(a, b)``."""
     q = _round_to_marginals(pair_mass[..., None] * cond, prob)
-    a_feasible = _make_feasible(a, lse, prob)
-    gap = _primal_value(q) - _dual_objective(a_feasible, b, prob.p1, prob.p2)
-    return a_feasible, gap.clamp_min(0.0) + _FLOAT_SLACK
+    a_feasible, b_feasible = _make_feasible(a, b, lse, prob)
+    gap = _primal_value(q) - _dual_objective(a_feasible, b_feasible, prob.p1, prob.p2)
+    return a_feasible, b_feasible, gap.clamp_min(0.0) + _FLOAT_SLACK
 
 
 def _kkt_merit(residual_dual, residual_pair, complementarity=None) -> Tensor:
@@ -1204,10 +1243,10 @@ def _interior_point(
         # Certificates from 100x tol on: cheap next to a Newton step, and a degenerate joint
         # (X2 a copy of X1) can break down just short of tol, keeping only what it certified.
         if (mu * m <= _CERTIFY_FROM * tol).any():
-            a_feasible, gap = _certificate(a, b, pair_mass, lse, cond, prob)
+            a_feasible, b_feasible, gap = _certificate(a, b, pair_mass, lse, cond, prob)
             better = (gap < best_gap) & ~done
             best_a = torch.where(better[:, None, None], a_feasible, best_a)
-            best_b = torch.where(better[:, None, None], b, best_b)
+            best_b = torch.where(better[:, None, None], b_feasible, best_b)
             best_q = torch.where(better[:, None, None], pair_mass, best_q)
             # Below ~1e-10 the certificate meets float64 rounding and stops improving: give up on
             # a distribution whose gap has not shrunk by 10 % in _STALL_LIMIT certificates.
@@ -1349,7 +1388,7 @@ def _settle(
     if bool(uncertified.any()):
         prob = _Problem.from_joint(p)
         for point_a, point_b, point_q in (last, _cold_point(prob)):
-            point_a, gap = _certify(point_a, point_b, point_q, prob)
+            point_a, point_b, gap = _certify(point_a, point_b, point_q, prob)
             better = uncertified & (gap < best_gap)
             best_a = torch.where(better[:, None, None], point_a, best_a)
             best_b = torch.where(better[:, None, None], point_b, best_b)
@@ -1366,8 +1405,159 @@ def _cold_point(prob: _Problem) -> tuple[Tensor, Tensor, Tensor]:
     return a, b, pair_mass
 
 
-def _certify(a: Tensor, b: Tensor, pair_mass: Tensor, prob: _Problem) -> tuple[Tensor, Tensor]:
+def _certify(
+    a: Tensor, b: Tensor, pair_mass: Tensor, prob: _Problem
+) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`_certificate` at any point; a non-finite gap (NaN duals) becomes ``inf``."""
     lse, cond = _pair_conditionals(a, b, prob)
-    a_feasible, gap = _certificate(a, b, prob.on_pairs(pair_mass), lse, cond, prob)
-    return a_feasible, torch.nan_to_num(gap, nan=math.inf)
+    a_feasible, b_feasible, gap = _certificate(a, b, prob.on_pairs(pair_mass), lse, cond, prob)
+    return a_feasible, b_feasible, torch.nan_to_num(gap, nan=math.inf)
+
+
+# --------------------------------------------------------------------------------------------------
+# Polish: semismooth Newton on the optimality conditions, without a barrier.
+
+
+def _polish(p: Tensor, solution: _DualSolution, tol: float, max_iter: int) -> _DualSolution:
+    """Polish a missed interior-point ``solution`` of ``p (B, K1, K2, Ky)`` by Levenberg-Marquardt
+    on the optimality conditions, for at most ``max_iter`` steps; ``tol`` (nats) ends a
+    distribution's polish once it certifies.
+
+    At the optimum the marginals hold, ``sum_x2 Q r = p1`` and ``sum_x1 Q r = p2``, and every
+    pair is complementary: ``Q >= 0``, ``s = -L >= 0``, ``Q s = 0``. With the Fischer-Burmeister
+    function ``phi(Q, s) = Q + s - sqrt(Q^2 + s^2)``, zero exactly on those, the conditions are
+    one square system of equations in ``(a, b, Q)`` (:func:`_optimality_residual`), solved without
+    guessing which pairs are active, like an LP solver's crossover. It needs no barrier, so its
+    Jacobian carries no ``Q / s`` (1e10 and more near the optimum): on peaked joints (one cell
+    near 1, the rest near 1e-8) the interior point's Newton matrices lose the tiny cells'
+    marginals to that term's cancellation and stall microbits short of ``tol``. The Jacobian is
+    singular there too (X2 a copy of X1, pairs whose ``Q`` and ``L`` both vanish), so the steps
+    are damped least squares (Levenberg-Marquardt), the damping falling tenfold after a step
+    that reduces the residual and rising tenfold after one that does not. Every point is
+    certified like any other; each distribution keeps its best certificate, so a step that goes
+    astray costs only time. ``iterations`` of the result counts the steps.
+    """
+    prob = _Problem.from_joint(p)
+    a, b = _fix_gauge(solution.a, solution.b, prob)
+    pair_mass = solution.pair_mass
+    best = _DualSolution(
+        solution.a.clone(), solution.b.clone(), solution.pair_mass.clone(), solution.gap.clone(), 0
+    )
+    residual = _optimality_residual(a, b, pair_mass, prob)
+    norm = residual.square().sum(1)
+    damping = torch.full_like(norm, _POLISH_DAMPING[0])
+    for _ in range(min(max_iter, _POLISH_STEPS)):
+        moving = (best.gap > tol) & (damping <= _POLISH_DAMPING[1])
+        if not bool(moving.any()):
+            break
+        best.iterations += 1
+        jacobian = _optimality_jacobian(a, b, pair_mass, prob)
+        trial = _split_step(_damped_step(jacobian, residual, damping), a, b, pair_mass)
+        trial_residual = _optimality_residual(*trial, prob)
+        trial_norm = torch.nan_to_num(trial_residual.square().sum(1), nan=math.inf)
+        accepted = moving & (trial_norm < norm)
+        a, b, pair_mass = (
+            torch.where(accepted.view(-1, 1, 1), t, v)
+            for t, v in zip(trial, (a, b, pair_mass), strict=True)
+        )
+        residual = torch.where(accepted[:, None], trial_residual, residual)
+        norm = torch.where(accepted, trial_norm, norm)
+        damping = torch.where(accepted, (damping / 10).clamp_min(_POLISH_DAMPING[2]), damping * 10)
+        feasible_q = prob.on_pairs(pair_mass.clamp_min(0.0))
+        a_feasible, b_feasible, gap = _certify(a, b, feasible_q, prob)
+        better = accepted & (gap < best.gap)
+        for name, value in (("a", a_feasible), ("b", b_feasible), ("pair_mass", feasible_q)):
+            getattr(best, name)[better] = value[better]
+        best.gap[better] = gap[better]
+    return best
+
+
+def _split_step(
+    step: Tensor, a: Tensor, b: Tensor, pair_mass: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The point ``(a, b, Q)`` moved by ``step (B, n)``, each dual by at most ``_MAX_DUAL_MOVE``."""
+    da, db, dq = step.split([a[0].numel(), b[0].numel(), pair_mass[0].numel()], dim=1)
+    return (
+        a + da.reshape(a.shape).clamp(-_MAX_DUAL_MOVE, _MAX_DUAL_MOVE),
+        b + db.reshape(b.shape).clamp(-_MAX_DUAL_MOVE, _MAX_DUAL_MOVE),
+        pair_mass + dq.reshape(pair_mass.shape),
+    )
+
+
+def _damped_step(jacobian: Tensor, residual: Tensor, damping: Tensor) -> Tensor:
+    """The Levenberg-Marquardt ``step (B, n)``: least squares on ``jacobian step = -residual``
+    plus ``damping (B,) |step|^2``, in variables scaled to unit largest Jacobian column (the
+    dual of a cell of mass 1e-8 moves its marginal 1e8 times less than one of mass 1). Columns
+    only: scaled rows would make the step descend a residual other than the one the damping is
+    steered by."""
+    scale = 1 / jacobian.abs().amax(1).clamp_min(1e-300)
+    scaled = jacobian * scale[:, None, :]
+    identity = torch.eye(jacobian.shape[-1], dtype=jacobian.dtype, device=jacobian.device)
+    ridge = damping.sqrt()[:, None, None] * identity
+    augmented = torch.cat([scaled, ridge], dim=1)
+    rhs = torch.cat([-residual, torch.zeros_like(residual)], dim=1)
+    # gelsy: rank-revealing, so a damping of 1e-14 on a singular Jacobian still gives the
+    # minimum-norm step.
+    solution = torch.linalg.lstsq(augmented, rhs[..., None], driver="gelsy").solution[..., 0]
+    return torch.nan_to_num(scale * solution, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _optimality_residual(a: Tensor, b: Tensor, pair_mass: Tensor, prob: _Problem) -> Tensor:
+    """``(B, (K1 + K2) Ky + K1 K2)``: the marginal residuals ``sum_x2 Q r - p1`` and
+    ``sum_x1 Q r - p2`` (0 on frozen and gauge duals), then per pair the Fischer-Burmeister
+    residual ``phi(Q, -L)`` (``Q`` on vacuous pairs)."""
+    lse, cond = _pair_conditionals(a, b, prob)
+    rows, cols = _to_dual_space(pair_mass, cond)
+    on_a = (rows - prob.p1) * (prob.p1 > 0)
+    on_b = (cols - prob.p2) * prob.free_b
+    on_pairs = torch.where(prob.valid, pair_mass - lse - torch.hypot(pair_mass, lse), pair_mass)
+    return torch.cat([on_a.flatten(1), on_b.flatten(1), on_pairs.flatten(1)], dim=1)
+
+
+def _optimality_jacobian(a: Tensor, b: Tensor, pair_mass: Tensor, prob: _Problem) -> Tensor:
+    """A generalised Jacobian of :func:`_optimality_residual` in ``(a, b, Q)``: ``(B, n, n)``
+    with ``n = (K1 + K2) Ky + K1 K2``.
+
+    Per pair, ``Q r`` has the derivative ``H = Q (diag r - r r^T)`` in ``c = a(x1) + b(x2)`` and
+    ``r`` in ``Q``; ``phi(Q, -L)`` has ``1 - Q / h`` in ``Q`` and ``-(1 + L / h) r`` in ``c``,
+    ``h = sqrt(Q^2 + L^2)`` (at ``h = 0``, where ``phi`` has no derivative, that of
+    ``Q = -L``). A frozen or gauge dual and a vacuous pair get an identity row.
+    """
+    bsz, k1, k2, ky = prob.p.shape
+    lse, cond = _pair_conditionals(a, b, prob)
+    mass_cond = pair_mass[..., None] * cond
+    hessian = torch.diag_embed(mass_cond) - mass_cond[..., :, None] * cond[..., None, :]
+    n_a, n_b = k1 * ky, k2 * ky
+    n_dual = n_a + n_b
+    jacobian = cond.new_zeros(bsz, n_dual + k1 * k2, n_dual + k1 * k2)
+    # (x1, y) rows, (x2, y') columns: H of pair (x1, x2); its transpose for (x2, y) rows.
+    coupling = hessian.permute(0, 1, 3, 2, 4).reshape(bsz, n_a, n_b)
+    jacobian[:, :n_a, n_a:n_dual] = coupling
+    jacobian[:, n_a:n_dual, :n_a] = coupling.mT
+    # Block diagonals: H summed over the other source.
+    on_a = jacobian[:, :n_a, :n_a].view(bsz, k1, ky, k1, ky).diagonal(dim1=1, dim2=3)
+    on_a.copy_(hessian.sum(2).permute(0, 2, 3, 1))
+    on_b = jacobian[:, n_a:n_dual, n_a:n_dual].view(bsz, k2, ky, k2, ky)
+    on_b.diagonal(dim1=1, dim2=3).copy_(hessian.sum(1).permute(0, 2, 3, 1))
+    # d(Q r)/dQ: r at the (x1, y) row and the (x2, y) row of pair (x1, x2)'s column.
+    q_columns = jacobian[:, :n_dual, n_dual:].view(bsz, n_dual, k1, k2)
+    q_columns[:, :n_a].view(bsz, k1, ky, k1, k2).diagonal(dim1=1, dim2=3).copy_(
+        cond.permute(0, 3, 2, 1)
+    )
+    q_columns[:, n_a:].view(bsz, k2, ky, k1, k2).diagonal(dim1=1, dim2=4).copy_(
+        cond.permute(0, 3, 1, 2)
+    )
+    # phi's rows: dL/dc = r is the transpose of those r entries.
+    h = torch.hypot(pair_mass, lse)
+    kink = h <= 0
+    by_mass = torch.where(kink, 0.0, 1 - pair_mass / h.clamp_min(1e-300))
+    by_lse = torch.where(kink, -1.0, -1 - lse / h.clamp_min(1e-300))
+    jacobian[:, n_dual:, :n_dual] = jacobian[:, :n_dual, n_dual:].mT * by_lse.reshape(bsz, -1, 1)
+    jacobian[:, n_dual:, n_dual:].diagonal(dim1=1, dim2=2).copy_(by_mass.flatten(1))
+    fixed = torch.cat(
+        [(prob.p1 <= 0).flatten(1), (prob.free_b <= 0).flatten(1), (~prob.valid).flatten(1)],
+        dim=1,
+    )
+    jacobian = jacobian.masked_fill(fixed[..., None], 0.0)
+    jacobian.diagonal(dim1=1, dim2=2).add_(fixed.to(jacobian.dtype))
+    return jacobian
