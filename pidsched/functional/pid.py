@@ -1459,7 +1459,7 @@ def _certify(
 
 
 # --------------------------------------------------------------------------------------------------
-# Polish: semismooth Newton on the optimality conditions, without a barrier.
+# Polish: Levenberg-Marquardt on the optimality conditions, without a barrier.
 
 
 def _polish(p: Tensor, solution: _DualSolution, tol: float, max_iter: int) -> _DualSolution:
