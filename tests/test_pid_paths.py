@@ -67,6 +67,29 @@ def test_paths_agree_to_tol(name):
     assert _atoms(iterative) == pytest.approx(_atoms(dense), abs=bound)
 
 
+@pytest.mark.parametrize("largest_broadcast", [0, 2**40])
+def test_the_preconditioner_applies_the_same_by_einsum_and_by_broadcast(
+    largest_broadcast, monkeypatch
+):
+    # Large S blocks (20x20x309, 101^3) are applied by einsum, small ones by broadcast: both
+    # forms must give the same certified solve, and the threshold must pick the form.
+    joint = CASES["label-heavy 4x5x40"]()
+    reference = pid(joint, method="dense")
+    einsum, preconditioned = torch.einsum, []
+
+    def spy(equation, *operands):
+        preconditioned.append(equation == "bjyz,bjz->bjy")
+        return einsum(equation, *operands)
+
+    monkeypatch.setattr(solver, "_BROADCAST_MAX_BLOCKS", largest_broadcast)
+    monkeypatch.setattr(torch, "einsum", spy)
+    result = pid(joint, method="iterative")
+    assert any(preconditioned) == (largest_broadcast == 0)
+    assert result.gap.item() <= TOL
+    bound = reference.gap.item() + result.gap.item()
+    assert _atoms(result) == pytest.approx(_atoms(reference), abs=bound)
+
+
 def _count_calls(monkeypatch) -> dict[str, int]:
     calls = {"dense": 0, "iterative": 0}
     for path, name in (("dense", "_factorise_newton"), ("iterative", "_iterative_newton")):
