@@ -773,6 +773,7 @@ class _IterativeNewton:
     # Every contraction below is a broadcast product and a sum over the (K1, K2, Ky) cells: one
     # streaming pass each. As einsum or batched matrix products they ran as many tiny
     # matrix-vector products (and copies into their layouts), 3x slower per CG step at 20^3.
+    # The exception is _precondition's product with large S blocks (see there).
 
     def _through(self, v: Tensor) -> Tensor:
         """``r(x1, x2) . v(x2)`` for ``v`` shaped like ``b``: ``(B, K1, K2)``."""
@@ -818,7 +819,7 @@ class _IterativeNewton:
         """``S``'s inverted diagonal blocks times ``r`` (shaped like ``b``), projected."""
         if self.s_inverse.numel() > _BROADCAST_MAX_BLOCKS:
             # Past a few 1e4 entries the broadcast's (B, K2, Ky, Ky) temporary costs more than
-            # einsum's batched products: 2x at 20x20x309 and 101^3, 1.3x in a batch of 256 at 20^3.
+            # einsum's batched products: 2x at 20x20x309, 1.5x at 101^3 (per product).
             return self._project(torch.einsum("bjyz,bjz->bjy", self.s_inverse, r))
         return self._project((self.s_inverse * r[:, :, None, :]).sum(-1))
 
