@@ -238,9 +238,10 @@ def test_max_iter_warns_and_reports_the_larger_gap():
     with pytest.warns(RuntimeWarning, match="max_iter=1"):
         result = pid(_random_joint((6, 6, 6)), max_iter=1)
     assert result.gap.item() > TOL
-    # No tiny cells, so four attempts of 1 iteration each: the scaled-merit solve, the plain one,
-    # the alternating projections and the polish (max_iter bounds their rounds and steps too).
-    assert result.iterations == 4
+    # No tiny cells, so five attempts of 1 iteration each: the scaled-merit solve, the plain one,
+    # the alternating projections, the polish and the dual ascent (max_iter bounds their rounds,
+    # steps and sweeps too).
+    assert result.iterations == 5
 
 
 # ---------------------------------------------------------------------------- batching, warm start

@@ -241,11 +241,11 @@ def test_auto_retries_a_missed_tol_on_the_other_path_where_it_is_affordable(shap
     assert solver._rescue("dense", torch.Size(shape)) == solver._rescue("iterative", shape) == ()
     if shape == (6, 6, 6):
         # No tiny cells: the scaled-merit and plain solves on each path, then the alternating
-        # projections and the polish, 1 iteration (round, step) each.
+        # projections, the polish and the dual ascent, 1 iteration (round, step, sweep) each.
         with pytest.warns(RuntimeWarning, match="max_iter=1"):
-            assert pid(_dirichlet(shape, 0.5, 6), max_iter=1).iterations == 6
+            assert pid(_dirichlet(shape, 0.5, 6), max_iter=1).iterations == 7
         with pytest.warns(RuntimeWarning, match="max_iter=1"):
-            assert pid(_dirichlet(shape, 0.5, 6), max_iter=1, method="dense").iterations == 4
+            assert pid(_dirichlet(shape, 0.5, 6), max_iter=1, method="dense").iterations == 5
 
 
 @pytest.mark.parametrize("index", [928, 1474])
@@ -344,6 +344,43 @@ def test_alternating_projections_certify_a_peaked_joint_whose_tiny_duals_every_s
     family, joint = next(itertools.islice(fuzz_cases(10_000, 1_000, 0), 3266, None))
     assert family == "peaked" and joint.shape == (6, 6, 5)
     _assert_only_the_attempt_certifies(joint, TOL, "_PROJECTION_ROUNDS", 1e-6, monkeypatch)
+
+
+def test_dual_ascent_brings_a_confident_soft_probe_under_the_fallback_bound(monkeypatch):
+    # Fuzz case 10662 (a confident 10-class soft probe, marginal cells down to 5e-10): its best
+    # point is the 1e-8-pruned solve with extended duals, and every later attempt, the
+    # projections and the polish included, left it at 2.6e-6 bits (stop 21's first commit).
+    # Coordinate ascent on the certificate's dual value takes it under 1e-6.
+    family, joint = next(itertools.islice(fuzz_cases(10_000, 1_000, 0), 10662, None))
+    assert family == "soft" and joint.shape == (10, 10, 10)
+    _assert_only_the_attempt_certifies(joint, 1e-6, "_ASCENT_SWEEPS", 1e-6, monkeypatch)
+
+
+def test_dual_ascent_raises_the_dual_value_and_keeps_a_true_bound():
+    # A loose point: the optimal duals of a 4x3x5 joint, each moved by up to 0.5 nat. The
+    # ascent must raise the certified dual value (so shrink the gap) without passing V, return
+    # feasible duals, and keep the pair masses it was given (its certificate's primal side).
+    joint = solver.normalise_joint(_dirichlet((4, 3, 5), 0.5, 31))[None]
+    exact = pid(joint[0], tol=1e-10)
+    prob = solver._Problem.from_joint(joint)
+    gen = torch.Generator().manual_seed(5)
+    a = exact.dual_1[None] + torch.rand(1, 4, 5, generator=gen, dtype=torch.float64) - 0.5
+    b = exact.dual_2[None] + torch.rand(1, 3, 5, generator=gen, dtype=torch.float64) - 0.5
+    pair_mass = exact.pair_mass[None].clone()
+    a, b, gap = solver._certify(a, b, pair_mass, prob, solver._BALANCE_SWEEPS)
+    loose = solver._DualSolution(a, b, pair_mass, gap, 0)
+    ascended = solver._ascend_dual(joint, loose, 1e-12, max_iter=5)
+    assert 0 < ascended.iterations <= 5
+    # Coordinate ascent stalls at the kinks of the feasibility shift (here 0.095 -> 0.016 nats).
+    assert ascended.gap.item() < 0.5 * loose.gap.item()
+    assert torch.equal(ascended.pair_mass, pair_mass)
+    lse, _ = solver._pair_conditionals(ascended.a, ascended.b, prob)
+    assert lse.max().item() <= 1e-12  # feasible
+    value = solver._dual_objective(ascended.a, ascended.b, prob.p1, prob.p2).item()
+    exact_value = (exact.unique_1 + exact.mutual_information_2).item() * solver.LN2
+    h_y = solver._entropy(prob.p1.sum(1), dims=1).item()
+    assert value + h_y <= exact_value + 1e-10 * solver.LN2  # a lower bound on V
+    assert value + h_y >= exact_value - ascended.gap.item()  # within its certificate
 
 
 def test_the_sinkhorn_scaling_meets_both_marginals_and_its_duals_are_its_conditionals():
