@@ -341,9 +341,10 @@ def test_alternating_projections_certify_a_peaked_joint_whose_tiny_duals_every_s
     # attempt and the polish stop at 1.6e-6 bits (stop 20's code), with the pairs of the peak's
     # column carrying Q near 1e-8 at L near -14: the tiny cells' duals are nats off. Alternating
     # I-projections read the duals off a Sinkhorn scaling, which resolves those cells exactly.
+    # Without them, the dual ascent that comes last takes it to 5.3e-7 bits, short of tol.
     family, joint = next(itertools.islice(fuzz_cases(10_000, 1_000, 0), 3266, None))
     assert family == "peaked" and joint.shape == (6, 6, 5)
-    _assert_only_the_attempt_certifies(joint, TOL, "_PROJECTION_ROUNDS", 1e-6, monkeypatch)
+    _assert_only_the_attempt_certifies(joint, TOL, "_PROJECTION_ROUNDS", TOL, monkeypatch)
 
 
 def test_dual_ascent_brings_a_confident_soft_probe_under_the_fallback_bound(monkeypatch):
