@@ -120,7 +120,8 @@ class PIDResult:
         mutual_information_2: I(X2; Y) = U2 + R.
         gap: certified upper bound on the error of every atom.
         iterations: Newton iterations the solve took (the largest in the batch), summed over its
-            attempts (a distribution that misses ``tol`` is solved again, see ``max_iter``).
+            attempts (a distribution that misses ``tol`` is solved again, see ``max_iter``); the
+            last attempts add their projection rounds, polish steps and ascent sweeps.
         dual_1: optimal dual variables ``a`` shaped ``(..., K1, Ky)`` (``-inf`` on zero cells);
             pass the result as ``warm_start`` to the next solve.
         dual_2: optimal dual variables ``b`` shaped ``(..., K2, Ky)``.
