@@ -1582,7 +1582,7 @@ def _ascend_dual(p: Tensor, solution: _DualSolution, tol: float, max_iter: int) 
     where their marginals are below its float64 resolution; on a pruned solve's point, they are
     the extended duals (:func:`_extend_duals`), each set alone by a formula. On the two confident
     10-class soft probes of the fuzz that every other attempt left above 1e-6 bits (cases 10438
-    and 10662: 2.0e-6 and 2.6e-6), three sweeps took the certificate to 4.0e-7 and 7.7e-7 bits.
+    and 10662: 2.0e-6 and 2.6e-6), it took the certificate to 4.0e-7 and 7.1e-7 bits.
     A distribution stops once a sweep cuts its gap by less than 10 %: coordinate ascent stalls
     where the feasibility shift has a kink (a row's largest pair constraint changes pair), so it
     is a last refinement near the optimum, not a solver (from optimal duals each moved by up to
