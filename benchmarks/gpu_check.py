@@ -24,7 +24,7 @@ path at tiny sizes on the CPU instead (what the test suite does).
 
     python benchmarks/gpu_check.py                    # on a GPU machine
     python benchmarks/gpu_check.py --precision 16-mixed --json /tmp/gpu.json
-    python benchmarks/gpu_check.py --cpu-smoke        # tiny, CPU, a few seconds
+    python benchmarks/gpu_check.py --cpu-smoke        # tiny sizes, CPU: ~3 min on 2 cores
     python benchmarks/gpu_check.py --compile-cpu      # only 5., on the CPU (MLP encoders)
 """
 
