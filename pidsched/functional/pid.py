@@ -398,17 +398,17 @@ def _solve_robustly(
         attempts += [on_path(_Path(newton, scaled_merit=True)), on_path(_Path(newton))]
     for attempt in attempts:
         solution = attempt(p, warm) if solution is None else _retry(solution, p, tol, attempt, warm)
-    missed = solution.gap > tol
-    project = lambda q, _: _project_alternately(q, solution.rows(missed), tol, max_iter)  # noqa: E731
-    solution = _retry(solution, p, tol, project, warm)
+
+    def refining(refine: Callable[[Tensor, _DualSolution, float, int], _DualSolution]):
+        # _retry calls this before it changes `solution`: the rows refined are those it retries.
+        return lambda q, _: refine(q, solution.rows(solution.gap > tol), tol, max_iter)
+
+    refinements = [_project_alternately]
     *_, k1, k2, ky = p.shape
     if (k1 + k2) * ky + k1 * k2 <= _POLISH_MAX_UNKNOWNS:
-        missed = solution.gap > tol
-        polish = lambda q, _: _polish(q, solution.rows(missed), tol, max_iter)  # noqa: E731
-        solution = _retry(solution, p, tol, polish, warm)
-        missed = solution.gap > tol
-        ascend = lambda q, _: _ascend_dual(q, solution.rows(missed), tol, max_iter)  # noqa: E731
-        solution = _retry(solution, p, tol, ascend, warm)
+        refinements += [_polish, _ascend_dual]
+    for refine in refinements:
+        solution = _retry(solution, p, tol, refining(refine), warm)
     return solution
 
 
@@ -586,6 +586,13 @@ class _DualSolution:
         """The distributions selected by ``mask (B,)``."""
         return _DualSolution(
             self.a[mask], self.b[mask], self.pair_mass[mask], self.gap[mask], self.iterations
+        )
+
+    def copy(self) -> _DualSolution:
+        """A copy of every tensor, with no ``iterations`` of its own: the start of a
+        refinement that keeps each distribution's best certificate."""
+        return _DualSolution(
+            self.a.clone(), self.b.clone(), self.pair_mass.clone(), self.gap.clone(), 0
         )
 
     def replace_rows(self, mask: Tensor, other: _DualSolution) -> None:
@@ -1526,9 +1533,7 @@ def _project_alternately(
     floored = solution.pair_mass.clamp_min(0.0) + _PROJECTION_FLOOR * independent
     log_mass = torch.log(floored).masked_fill(~prob.valid, -math.inf)
     b = torch.where((prob.p2 > 0) & torch.isfinite(solution.b), solution.b, 0.0)
-    best = _DualSolution(
-        solution.a.clone(), solution.b.clone(), solution.pair_mass.clone(), solution.gap.clone(), 0
-    )
+    best = solution.copy()
     stalled = torch.zeros_like(best.gap, dtype=torch.long)
     for _ in range(min(max_iter, _PROJECTION_ROUNDS)):
         moving = (best.gap > tol) & (stalled < _STALL_LIMIT)
@@ -1595,9 +1600,9 @@ def _ascend_dual(p: Tensor, solution: _DualSolution, tol: float, max_iter: int) 
     trials = _Problem.from_joint(p.repeat_interleave(len(moves), 0))
     _, cond = _pair_conditionals(solution.a, solution.b, prob)
     primal = _primal_bound(solution.pair_mass[..., None] * cond, prob, _BALANCE_SWEEPS)
-    a, b = solution.a.clone(), solution.b.clone()
-    value = _feasible_dual_value(a, b, prob)
-    best = _DualSolution(a.clone(), b.clone(), solution.pair_mass.clone(), solution.gap.clone(), 0)
+    a, b = solution.a, solution.b  # replaced, never changed in place
+    *_, value = _feasible_duals(a, b, prob)
+    best = solution.copy()
     for _ in range(min(max_iter, _ASCENT_SWEEPS)):
         moving = best.gap > tol
         if not bool(moving.any()):
@@ -1610,7 +1615,8 @@ def _ascend_dual(p: Tensor, solution: _DualSolution, tol: float, max_iter: int) 
                 trial_a.view(-1, k1 * ky)[:, index] += moves.repeat(bsz)
             else:
                 trial_b.view(-1, k2 * ky)[:, index - k1 * ky] += moves.repeat(bsz)
-            trial_value = _feasible_dual_value(trial_a, trial_b, trials).view(bsz, len(moves))
+            *_, trial_value = _feasible_duals(trial_a, trial_b, trials)
+            trial_value = trial_value.view(bsz, len(moves))
             trial_value = torch.nan_to_num(trial_value, nan=-math.inf)
             top, choice = trial_value.max(1)
             better = moving & (top > value)
@@ -1618,8 +1624,7 @@ def _ascend_dual(p: Tensor, solution: _DualSolution, tol: float, max_iter: int) 
             a = torch.where(better[:, None, None], trial_a[chosen], a)
             b = torch.where(better[:, None, None], trial_b[chosen], b)
             value = torch.where(better, top, value)
-        lse, _ = _pair_conditionals(a, b, prob)
-        a_feasible, b_feasible = _make_feasible(a, b, lse, prob)
+        a_feasible, b_feasible, _ = _feasible_duals(a, b, prob)
         gap = torch.nan_to_num((primal - value).clamp_min(0.0) + _FLOAT_SLACK, nan=math.inf)
         progress = gap < 0.9 * best.gap
         better = moving & (gap < best.gap)
@@ -1630,10 +1635,12 @@ def _ascend_dual(p: Tensor, solution: _DualSolution, tol: float, max_iter: int) 
     return best
 
 
-def _feasible_dual_value(a: Tensor, b: Tensor, prob: _Problem) -> Tensor:
-    """``(B,)`` the dual value ``g`` (nats) at ``(a, b)`` shifted onto the feasible set."""
+def _feasible_duals(a: Tensor, b: Tensor, prob: _Problem) -> tuple[Tensor, Tensor, Tensor]:
+    """``(a, b)`` shifted onto the feasible set (:func:`_make_feasible`) and their dual value
+    ``g`` ``(B,)`` in nats."""
     lse, _ = _pair_conditionals(a, b, prob)
-    return _dual_objective(*_make_feasible(a, b, lse, prob), prob.p1, prob.p2)
+    a_feasible, b_feasible = _make_feasible(a, b, lse, prob)
+    return a_feasible, b_feasible, _dual_objective(a_feasible, b_feasible, prob.p1, prob.p2)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1662,9 +1669,7 @@ def _polish(p: Tensor, solution: _DualSolution, tol: float, max_iter: int) -> _D
     prob = _Problem.from_joint(p)
     a, b = _fix_gauge(solution.a, solution.b, prob)
     pair_mass = solution.pair_mass
-    best = _DualSolution(
-        solution.a.clone(), solution.b.clone(), solution.pair_mass.clone(), solution.gap.clone(), 0
-    )
+    best = solution.copy()
     residual = _optimality_residual(a, b, pair_mass, prob)
     norm = residual.square().sum(1)
     damping = torch.full_like(norm, _POLISH_DAMPING[0])
