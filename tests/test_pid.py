@@ -264,13 +264,30 @@ def test_batched_equals_looped():
     assert (batched.gap <= TOL).all()
 
 
-def test_large_batches_are_solved_in_chunks_with_the_same_result(monkeypatch):
+@pytest.mark.parametrize(
+    ("method", "budget", "per_distribution"),
+    [
+        ("dense", "_CHUNK_BYTES", 4 * 3 * 3 * 3 * 8),
+        ("iterative", "_ITERATIVE_CHUNK_BYTES", 4 * 3 * 3 * 8),
+    ],
+)
+def test_large_batches_are_solved_in_chunks_with_the_same_result(
+    monkeypatch, method, budget, per_distribution
+):
+    # Each path sizes its chunks by its own temporaries: the dense path's (K1, K2, Ky, Ky), the
+    # iterative path's (K1, K2, Ky) cells.
     solver = importlib.import_module("pidsched.functional.pid")
     torch.manual_seed(12)
     joints = torch.stack([_random_joint((4, 3, 3)) for _ in range(5)])
-    whole = pid(joints)
-    monkeypatch.setattr(solver, "_CHUNK_BYTES", 2 * 4 * 3 * 3 * 3 * 8)  # two distributions a chunk
-    chunked = pid(joints, warm_start=whole)
+    whole = pid(joints, method=method)
+    monkeypatch.setattr(solver, budget, 2 * per_distribution)  # two distributions a chunk
+    sizes = []
+    solve = solver._solve_dual
+    monkeypatch.setattr(
+        solver, "_solve_dual", lambda p, *args: sizes.append(len(p)) or solve(p, *args)
+    )
+    chunked = pid(joints, warm_start=whole, method=method)
+    assert sizes == [2, 2, 1]
     assert _atoms(chunked) == pytest.approx(_atoms(whole), abs=2 * TOL)
     assert (chunked.gap <= TOL).all()
 

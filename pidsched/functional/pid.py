@@ -70,7 +70,8 @@ _WARM_SLACK = 1e-2  # at most how far (nats) a warm start is pulled into the con
 _WARM_SLACK_MIN = 1e-9  # ... and at least
 _MAX_HALVINGS = 30  # step halvings of the merit line search
 _SHORT_STEP = 1.0 / 64  # a line search cut below this step also tries the plain Newton direction
-_CHUNK_BYTES = 8 * 2**20  # batch chunk: bytes of one (K1, K2, Ky, Ky) Newton temporary
+_CHUNK_BYTES = 8 * 2**20  # batch chunk of the dense path: bytes of one (K1, K2, Ky, Ky) temporary
+_ITERATIVE_CHUNK_BYTES = 2**20  # ... of the iterative path: bytes of one (K1, K2, Ky) cell tensor
 _CACHE_BYTES = 2**19  # bytes of S blocks accumulated at a time by _coupled_blocks (fit in L2)
 _STALL_LIMIT = 8  # certificates without progress after which a solve stops short of tol
 _CERTIFY_FROM = 100.0  # certificates are computed once the duality measure is below this x tol
@@ -547,7 +548,6 @@ class _Problem:
     free_b: Tensor  # (B, K2, Ky) 0/1: the duals of b the Newton step moves (not gauge, not -inf)
     frozen_a: Tensor | None  # (B, K1, Ky, Ky) identity on the a duals outside the support
     frozen_b: Tensor  # (B, Ky, Ky, K2) identity on the frozen b duals, Schur-diagonal layout
-    keep_b: Tensor  # (B, 1, 1, K2 Ky) free_b flattened: the columns of the coupling C kept
     keep_bb: Tensor  # (B, Ky, Ky, K2) free_b(x2, y) free_b(x2, y'): the entries of D kept
     num_pairs: Tensor  # (B,) number of pair constraints, m in the duality measure mu = Q.s / m
 
@@ -563,11 +563,13 @@ class _Problem:
         # Schur-diagonal layout (y, y', x2) of the b-b blocks: see _factorise_newton.
         frozen_b = torch.diag_embed(1 - free_b).permute(0, 2, 3, 1)
         keep_bb = (free_b[..., :, None] * free_b[..., None, :]).permute(0, 2, 3, 1)
-        keep_b = free_b.reshape(p.shape[0], 1, 1, -1)
         num_pairs = valid.sum((1, 2)).to(p.dtype)
-        return cls(
-            p, p1, p2, allowed, valid, full, free_b, frozen_a, frozen_b, keep_b, keep_bb, num_pairs
-        )
+        return cls(p, p1, p2, allowed, valid, full, free_b, frozen_a, frozen_b, keep_bb, num_pairs)
+
+    def rows(self, mask: Tensor) -> _Problem:
+        """The distributions selected by ``mask (B,)``, bool or an index."""
+        values = (getattr(self, field.name) for field in fields(self))
+        return _Problem(*(v[mask] if isinstance(v, Tensor) else v for v in values))
 
     def on_pairs(self, values: Tensor) -> Tensor:
         """``values (B, K1, K2)`` with vacuous pairs set to 0."""
@@ -739,24 +741,42 @@ def _factorise_newton(
     """
     bsz, k1, k2, ky = cond.shape
     weighted = (mass_per_slack - pair_mass)[..., None] * cond  # kappa r; 0 on vacuous pairs
-    # block[x1, y, x2, y'] = kappa r(y) r(y') + Q r(y) [y = y'], already in the layout of C's rows
-    # (x1, y) and columns (x2, y'), so A, C and D are sums and reshapes of it.
-    block = weighted.transpose(2, 3)[..., None] * cond[:, :, None, :, :]
-    block.diagonal(dim1=2, dim2=4).add_(pair_mass[..., None] * cond)
-    a_blocks = block.sum(3)
-    if prob.frozen_a is not None:
-        a_blocks = a_blocks + prob.frozen_a
-    chol_a = _cholesky(_add_ridge(a_blocks))
-    # The gauge cells of b are in the support, so their columns are cleared explicitly.
-    coupling = block.reshape(bsz, k1, ky, k2 * ky) * prob.keep_b
-    w = torch.linalg.solve_triangular(chol_a, coupling, upper=False).reshape(bsz, k1 * ky, -1)
+    mass_cond = pair_mass[..., None] * cond
+    chol_a = _factorised_a_blocks(weighted, cond, mass_cond, prob)
+    # C's pair blocks are symmetric, so block[x1, x2, y', y] = C[(x1, y), (x2, y')] is also the
+    # layout of C^T's (x2, y') rows per x1: the triangular solve from the right reads it and
+    # writes W = L^{-1} C in the (x1 y, x2 y') layout the product W^T W needs, with no transposing
+    # copy (those copies took half the factorisation's time in a batch). The gauge and frozen
+    # cells' columns of C are cleared through the row factor.
+    free = prob.free_b[:, None]
+    block = (weighted * free)[..., :, None] * cond[..., None, :]
+    block.diagonal(dim1=-2, dim2=-1).add_(mass_cond * free)
+    w = torch.linalg.solve_triangular(
+        chol_a.mT, block.view(bsz, k1, k2 * ky, ky), upper=True, left=False
+    )
+    w = w.mT.reshape(bsz, k1 * ky, k2 * ky)
     schur = torch.matmul(w.mT, w).neg_()
     # D's blocks D[x2][y, y'] sit on the diagonal (x2, x2) of S; the view (y, y', x2) reaches them
     # without an index copy.
-    d_blocks = torch.addcmul(prob.frozen_b, block.sum(1).transpose(2, 3), prob.keep_bb)
+    d_blocks = torch.einsum("bijy,bijz->byzj", weighted, cond)
+    d_blocks.diagonal(dim1=1, dim2=2).add_(mass_cond.sum(1))
+    d_blocks = torch.addcmul(prob.frozen_b, d_blocks, prob.keep_bb)
     _add_ridge(d_blocks, dims=(1, 2))
     schur.view(bsz, k2, ky, k2, ky).diagonal(dim1=1, dim2=3).add_(d_blocks)
     return _NewtonFactor(chol_a, w, _cholesky(schur))
+
+
+def _factorised_a_blocks(
+    weighted: Tensor, cond: Tensor, mass_cond: Tensor, prob: _Problem
+) -> Tensor:
+    """Cholesky factors of ``A``'s blocks ``sum_x2 (kappa r r^T + Q diag(r))``, one per ``x1``:
+    ``(B, K1, Ky, Ky)``, from ``weighted = kappa r`` and ``mass_cond = Q r`` ``(B, K1, K2, Ky)``;
+    identity on the frozen duals, with the relative ridge of :func:`_add_ridge`."""
+    a_blocks = torch.einsum("bijy,bijz->biyz", weighted, cond)
+    a_blocks.diagonal(dim1=-2, dim2=-1).add_(mass_cond.sum(2))
+    if prob.frozen_a is not None:
+        a_blocks = a_blocks + prob.frozen_a
+    return _cholesky(_add_ridge(a_blocks))
 
 
 @dataclass
@@ -926,11 +946,7 @@ def _iterative_newton(
     kappa = mass_per_slack - pair_mass
     mass_cond = pair_mass[..., None] * cond
     weighted = kappa[..., None] * cond
-    a_blocks = torch.einsum("bijy,bijz->biyz", weighted, cond)
-    a_blocks.diagonal(dim1=-2, dim2=-1).add_(mass_cond.sum(2))
-    if prob.frozen_a is not None:
-        a_blocks = a_blocks + prob.frozen_a
-    chol_a = _cholesky(_add_ridge(a_blocks))
+    chol_a = _factorised_a_blocks(weighted, cond, mass_cond, prob)
     allowed_b = (prob.p2 > 0).to(cond.dtype)
     mass_b = mass_cond.sum(1)
     # D's ridge (see _add_ridge) on the diagonal sum_x1 (Q r + kappa r^2); 0 outside the support.
@@ -1205,28 +1221,72 @@ def _line_search(current, direction, keep, centre, merit, prob, weight):
     primal_step = _step_to_boundary(_boundary_ratio(slack, ds, prob), keep)
     dual_step = _step_to_boundary(_boundary_ratio(pair_mass, dq, prob), keep)
     scale = torch.ones_like(primal_step)
+    trial = _take_step(*current, *direction, primal_step, dual_step)
+    point = _residuals(*trial, prob)
+    # Only the distributions still halving are stepped and evaluated again: in a batch most
+    # accept the first step, and a few need ten halvings or more.
+    pending = torch.arange(len(scale), device=scale.device)
+    rows = (trial, point, prob, centre, weight, merit)
     for _ in range(_MAX_HALVINGS):
-        trial = _take_step(*current, *direction, primal_step * scale, dual_step * scale)
-        trial_point = _residuals(*trial, prob)
+        rows_trial, rows_point, rows_prob, rows_centre, rows_weight, rows_merit = rows
         trial_merit = _kkt_merit(
-            trial_point[2], trial_point[3] * weight, prob.on_pairs(trial[3] * trial[2] - centre)
+            rows_point[2],
+            rows_point[3] * rows_weight,
+            rows_prob.on_pairs(rows_trial[3] * rows_trial[2] - rows_centre),
         )
         trial_merit = torch.nan_to_num(trial_merit, nan=math.inf)
-        accepted = trial_merit <= (1 - 1e-4 * scale) * merit
+        accepted = trial_merit <= (1 - 1e-4 * scale[pending]) * rows_merit
         if accepted.all():
-            return trial, trial_point, primal_step * scale, scale
-        scale = torch.where(accepted, scale, scale * 0.5)
-    trial = _take_step(*current, *direction, primal_step * scale, dual_step * scale)
+            return trial, point, primal_step * scale, scale
+        halving = ~accepted
+        pending = pending[halving]
+        scale[pending] *= 0.5
+        rows_prob = rows_prob.rows(halving)
+        rows_trial = _take_step(
+            *(t[pending] for t in (*current, *direction)),
+            (primal_step * scale)[pending],
+            (dual_step * scale)[pending],
+        )
+        rows_point = _residuals(*rows_trial, rows_prob)
+        _put_rows(trial, pending, rows_trial)
+        _put_rows(point, pending, rows_point)
+        rows_weight = rows_weight if isinstance(rows_weight, float) else rows_weight[halving]
+        rows = (
+            rows_trial,
+            rows_point,
+            rows_prob,
+            rows_centre[halving],
+            rows_weight,
+            rows_merit[halving],
+        )
     return trial, None, primal_step * scale, scale
+
+
+def _put_rows(target: tuple, index: Tensor, rows: tuple) -> None:
+    """Write ``rows`` (tensors, or tuples of them, for the distributions at ``index``) into
+    ``target``'s tensors of the same structure, in place."""
+    for whole, part in zip(target, rows, strict=True):
+        if isinstance(whole, tuple):
+            _put_rows(whole, index, part)
+        else:
+            whole[index] = part
 
 
 def _solve_in_chunks(
     p: Tensor, tol: float, max_iter: int, warm: tuple[Tensor, Tensor, Tensor] | None, path: _Path
 ) -> _DualSolution:
-    """Solve a batch in chunks whose Newton temporaries stay near ``_CHUNK_BYTES``: one huge batch
-    is memory-bound and slower per distribution than several cache-sized ones."""
+    """Solve a batch in chunks whose Newton temporaries stay near ``_CHUNK_BYTES`` (the dense
+    path) or ``_ITERATIVE_CHUNK_BYTES``: one huge batch is memory-bound and slower per
+    distribution than several cache-sized ones."""
     bsz, k1, k2, ky = p.shape
-    chunk = max(1, _CHUNK_BYTES // (k1 * k2 * ky * ky * p.element_size()))
+    cells = k1 * k2 * ky * p.element_size()
+    # The iterative path never builds the dense path's (K1, K2, Ky, Ky) temporary; sized by it,
+    # its chunks were Ky times smaller than needed to share a CG step's tens of operations
+    # (20^3, a batch of 64: 39 ms a distribution in chunks of 6, 34 ms in chunks of 16).
+    if path.method == "dense":
+        chunk = max(1, _CHUNK_BYTES // (cells * ky))
+    else:
+        chunk = max(1, _ITERATIVE_CHUNK_BYTES // cells)
     if bsz <= chunk:
         return _solve_dual(p, tol, max_iter, warm, path)
     parts = [
@@ -1365,7 +1425,7 @@ def _interior_point(
             )
             residual_dual = tuple(t[keep] for t in residual_dual)
             reusable = None if reusable is None else reusable[keep]
-            prob = _Problem.from_joint(prob.p[keep])
+            prob = prob.rows(keep)
             m = prob.num_pairs.clamp_min(1.0)
             done, any_done = done[keep], False
         if iterations >= max_iter:
@@ -1425,6 +1485,9 @@ def _interior_point(
         trial, point, primal_step, halved = _line_search(
             current, (da, db, ds, dq), keep, centre, merit, prob, weight
         )
+        # A line search that never decreased the merit moved the point by at most 2^-30 of a step,
+        # so the next iteration would repeat it: such a distribution is stuck at once.
+        failed = halved <= 0.5**_MAX_HALVINGS
         cut = halved < _SHORT_STEP
         if bool(cut.any()):
             # Mehrotra's second-order term makes the corrector no exact Newton direction, so it
@@ -1432,7 +1495,7 @@ def _interior_point(
             # it was cut to 1e-4 of a step for 190 iterations running. The plain centred Newton
             # direction is a descent direction of the merit; take it where it goes further.
             plain = _newton_step(factor, residual_dual, residual_pair, centred, *args)
-            plain_trial, _, plain_step, _ = _line_search(
+            plain_trial, _, plain_step, plain_halved = _line_search(
                 current, _reordered(plain), keep, centre, merit, prob, weight
             )
             further = cut & (plain_step > primal_step)
@@ -1442,11 +1505,13 @@ def _interior_point(
             )
             point = None
             primal_step = torch.where(further, plain_step, primal_step)
+            failed = failed & (plain_halved <= 0.5**_MAX_HALVINGS)
         a, b, slack, pair_mass = trial
         # A Newton matrix singular in float64 gives primal steps of 1e-11 that never recover (the
         # pair masses alone keep moving, then overflow): stop a distribution stuck like that
         # instead of running it to max_iter.
         stuck = torch.where(primal_step < _STUCK_STEP, stuck + 1, 0)
+        stuck = torch.where(failed, _STUCK_LIMIT, stuck)
         if bool((stuck >= _STUCK_LIMIT).any()):
             done = done | (stuck >= _STUCK_LIMIT)
             any_done = True
