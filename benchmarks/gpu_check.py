@@ -4,10 +4,11 @@ Runs, on the first CUDA device, in at most ~8 minutes on one GPU:
 
 1. the CUDA tests of the suite (``pytest -k cuda``: solver, discretisation, metric, mixed
    precision), which skip on a machine without CUDA;
-2. the solver's CUDA column: single solves at 10^3, 20^3 and 50^3 (the largest size of the
-   solver benchmark) and batches of 256 and 4,096 at 10^3 and 20^3 (256 at 50^3), the median
-   time over repeats after a warm-up, with the largest atom difference against the CPU solve of
-   the same distributions (of at most the first 64 of a batch) and the largest certified gap;
+2. the solver's CUDA column: single solves at 10^3, 20^3, 50^3 and 101^3 and batches of 256
+   and 4,096 at 10^3 and 20^3 (256 at 50^3), the median time over repeats after a warm-up, with
+   the largest atom difference against the CPU solve of the same distributions (of at most the
+   first 64 of a batch) and the largest certified gap; then the verdict on issue 10's CUDA goals
+   (a batch of 4,096 at 20^3 and a single 101^3, each under 1 s);
 3. the metric (``FastPID``, soft, K = 6) on CUDA: ``update`` on 4,096 logits and ``compute``,
    timed, and the atoms' difference against the same metric on the CPU;
 4. a short ResNet-18 audio-visual fit on fabricated CREMA-D-shaped tensors (spectrograms
@@ -68,7 +69,7 @@ class Sizes:
 
 
 FULL = Sizes(
-    single=(10, 20, 50),
+    single=(10, 20, 50, 101),
     batched=((10, 256), (10, 4096), (20, 256), (20, 4096), (50, 256)),
     repeats=3,
     metric_samples=4096,
@@ -94,6 +95,8 @@ SMOKE = Sizes(
     visual_shape=(1, 3, 32, 32),
 )
 NUM_CLASSES = 6
+# Issue 10's CUDA goals: (size, batch) solved in under this many seconds.
+CUDA_GOALS = {("20x20x20", 4096): 1.0, ("101x101x101", 1): 1.0}
 CPU_REFERENCE_ROWS = 64
 
 
@@ -432,6 +435,21 @@ def compile_markdown(result: dict) -> str:
     )
 
 
+def cuda_goal_lines(rows: list[dict]) -> list[str]:
+    """Markdown lines with the verdict on each of ``CUDA_GOALS`` that ``rows`` (the solver
+    column) measured; none where it measured none (``--cpu-smoke``)."""
+    lines = []
+    for row in rows:
+        limit = CUDA_GOALS.get((row["size"], row["batch"]))
+        if limit is not None:
+            verdict = "met" if row["seconds"] < limit else "NOT met"
+            lines.append(
+                f"- goal: {row['size']}, batch {row['batch']}, under {limit:g} s: "
+                f"{row['seconds']:.3f} s, {verdict}"
+            )
+    return ["", *lines] if lines else []
+
+
 def markdown(report: dict) -> str:
     lines = [f"# pidsched GPU check ({report['device_name']})", ""]
     lines += [f"torch {report['torch']}, CUDA {report['cuda']}, {report['mode']}", ""]
@@ -448,6 +466,7 @@ def markdown(report: dict) -> str:
         f"{r['max_error_vs_cpu_bits']:.1e} | {r['max_gap_bits']:.1e} |"
         for r in report["solver"]
     ]
+    lines += cuda_goal_lines(report["solver"])
     metric = report["metric"]
     device_type = report["device_type"]
     lines += [

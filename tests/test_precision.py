@@ -157,6 +157,22 @@ def test_gpu_check_fails_clearly_without_cuda(monkeypatch, capsys, tmp_path):
 
 
 @pytest.mark.slow
+def test_gpu_check_reports_the_issue_cuda_goals_it_measured():
+    gpu_check = _gpu_check()
+    assert (101, 1) in [(k, 1) for k in gpu_check.FULL.single]
+    assert (20, 4096) in gpu_check.FULL.batched
+    rows = [
+        {"size": "20x20x20", "batch": 4096, "seconds": 0.4},
+        {"size": "101x101x101", "batch": 1, "seconds": 1.7},
+        {"size": "10x10x10", "batch": 1, "seconds": 0.01},
+    ]
+    lines = gpu_check.cuda_goal_lines(rows)
+    assert lines[1].endswith("0.400 s, met") and "20x20x20, batch 4096" in lines[1]
+    assert lines[2].endswith("1.700 s, NOT met") and "101x101x101, batch 1" in lines[2]
+    assert len(lines) == 3
+    assert gpu_check.cuda_goal_lines(rows[2:]) == []
+
+
 def test_gpu_check_cpu_smoke_runs_every_part(tmp_path):
     import subprocess
     import sys
