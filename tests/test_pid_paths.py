@@ -519,3 +519,42 @@ def test_fuzzed_joints_return_finite_honest_certificates(family):
         assert not outcome["below_gap"]
         if family in STRICT:
             assert outcome["gap"] <= 1e-6
+
+
+def test_the_line_search_halves_only_the_distributions_that_need_it(monkeypatch):
+    # After the full step, only the distributions still halving are stepped and evaluated again;
+    # the residuals it returns must still be those of the whole batch's new point, row by row.
+    generator = torch.Generator().manual_seed(3)
+    p = torch.rand((3, 4, 3, 3), generator=generator, dtype=torch.float64) + 0.05
+    prob = solver._Problem.from_joint(p / p.sum((1, 2, 3), keepdim=True))
+    a, b, pair_mass = solver._cold_point(prob)
+    slack = (-solver._pair_conditionals(a, b, prob)[0]).clamp_min(1.0)
+    _, cond, residual_dual, residual_pair = solver._residuals(a, b, slack, pair_mass, prob)
+    complementarity = pair_mass * slack
+    centre = (0.1 * complementarity.mean((1, 2)))[:, None, None]
+    centred = complementarity - centre
+    mass_per_slack = pair_mass / slack
+    factor = solver._factorise_newton(cond, pair_mass, mass_per_slack, prob)
+    da, db, dq, ds = solver._newton_step(
+        factor, residual_dual, residual_pair, centred, cond, pair_mass, slack, mass_per_slack, prob
+    )
+    overshoot = torch.tensor([1.0, 60.0, 1.0], dtype=torch.float64)[:, None, None]
+    direction = (da * overshoot, db * overshoot, ds, dq)  # the middle one's duals overshoot
+    merit = solver._kkt_merit(residual_dual, residual_pair, centred)
+    evaluated = []
+    residuals = solver._residuals
+    monkeypatch.setattr(
+        solver, "_residuals", lambda *args: evaluated.append(len(args[0])) or residuals(*args)
+    )
+    keep = torch.full((3,), 0.01, dtype=torch.float64)
+    current = (a, b, slack, pair_mass)
+    trial, point, _, scale = solver._line_search(current, direction, keep, centre, merit, prob, 1.0)
+    assert scale[0] == scale[2] == 1.0 and scale[1] < 1.0
+    assert evaluated[0] == 3 and len(evaluated) > 1 and set(evaluated[1:]) == {1}
+    assert point is not None
+    for returned, recomputed in zip(
+        (point[0], point[1], *point[2], point[3]),
+        (lambda r: (r[0], r[1], *r[2], r[3]))(residuals(*trial, prob)),
+        strict=True,
+    ):
+        torch.testing.assert_close(returned, recomputed, rtol=1e-12, atol=1e-15)
