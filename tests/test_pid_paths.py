@@ -558,3 +558,35 @@ def test_the_line_search_halves_only_the_distributions_that_need_it(monkeypatch)
         strict=True,
     ):
         torch.testing.assert_close(returned, recomputed, rtol=1e-12, atol=1e-15)
+
+
+def test_a_distribution_whose_line_search_never_decreased_the_merit_stops_at_once(monkeypatch):
+    # Its point did not move, so the next iteration would repeat it: it must leave the batch
+    # after that iteration, not after the 5 tiny steps of the stuck rule.
+    generator = torch.Generator().manual_seed(4)
+    p = torch.rand((2, 4, 3, 3), generator=generator, dtype=torch.float64) + 0.05
+    p = p / p.sum((1, 2, 3), keepdim=True)
+    line_search = solver._line_search
+
+    def failing_for_the_second(current, *args):
+        trial, point, step, scale = line_search(current, *args)
+        if len(scale) < 2:
+            return trial, point, step, scale
+        trial = tuple(t.clone() for t in trial)
+        for moved, where in zip(trial, current, strict=True):
+            moved[1] = where[1]
+        step, scale = step.clone(), scale.clone()
+        step[1], scale[1] = 0.0, 0.5**solver._MAX_HALVINGS
+        return trial, None, step, scale
+
+    sizes = []
+    factorise = solver._factorise_newton
+    monkeypatch.setattr(solver, "_line_search", failing_for_the_second)
+    monkeypatch.setattr(
+        solver,
+        "_factorise_newton",
+        lambda cond, *args: sizes.append(len(cond)) or factorise(cond, *args),
+    )
+    solution = solver._interior_point(p, 1e-9, 50, None, solver._Path("dense"))
+    assert sizes[:2] == [2, 1] and set(sizes[1:]) == {1}
+    assert solution.gap[0] <= 1e-9 and torch.isfinite(solution.gap[1])
