@@ -1241,26 +1241,26 @@ def _line_search(current, direction, keep, centre, merit, prob, weight):
         if accepted.all():
             return trial, point, primal_step * scale, scale
         halving = ~accepted
+        everyone = bool(halving.all())  # e.g. a single solve: no row copies (p is 8 MB at 101^3)
         pending = pending[halving]
         scale[pending] *= 0.5
-        rows_prob = rows_prob.rows(halving)
+        if not everyone:
+            rows_prob = rows_prob.rows(halving)
+            rows_centre, rows_merit = rows_centre[halving], rows_merit[halving]
+            if not isinstance(rows_weight, float):
+                rows_weight = rows_weight[halving]
         rows_trial = _take_step(
             *(t[pending] for t in (*current, *direction)),
             (primal_step * scale)[pending],
             (dual_step * scale)[pending],
         )
         rows_point = _residuals(*rows_trial, rows_prob)
-        _put_rows(trial, pending, rows_trial)
-        _put_rows(point, pending, rows_point)
-        rows_weight = rows_weight if isinstance(rows_weight, float) else rows_weight[halving]
-        rows = (
-            rows_trial,
-            rows_point,
-            rows_prob,
-            rows_centre[halving],
-            rows_weight,
-            rows_merit[halving],
-        )
+        if len(pending) == len(scale):
+            trial, point = rows_trial, rows_point
+        else:
+            _put_rows(trial, pending, rows_trial)
+            _put_rows(point, pending, rows_point)
+        rows = (rows_trial, rows_point, rows_prob, rows_centre, rows_weight, rows_merit)
     return trial, None, primal_step * scale, scale
 
 
