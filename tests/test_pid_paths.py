@@ -145,11 +145,12 @@ def test_auto_uses_the_dense_path_where_users_probe(monkeypatch):
 
 def test_auto_takes_the_iterative_path_for_a_batch_of_mid_sized_joints(monkeypatch):
     # A batch shares the iterative path's per-operation cost but not the dense path's flops: from
-    # 4 distributions on, "auto" factorises densely only up to 256 reduced duals (16x16x16).
+    # 4 distributions on, "auto" factorises densely only up to 225 reduced duals (15x15x15).
     assert solver._choose_method("auto", torch.Size((4, 20, 20, 20))) == "iterative"
     assert solver._choose_method("auto", torch.Size((2, 2, 20, 20, 20))) == "iterative"
     assert solver._choose_method("auto", torch.Size((3, 20, 20, 20))) == "dense"
-    assert solver._choose_method("auto", torch.Size((256, 16, 16, 16))) == "dense"
+    assert solver._choose_method("auto", torch.Size((256, 15, 15, 15))) == "dense"
+    assert solver._choose_method("auto", torch.Size((256, 16, 16, 16))) == "iterative"
     assert solver._choose_method("auto", torch.Size((256, 20, 20, 6))) == "dense"
     assert solver._choose_method("dense", torch.Size((256, 20, 20, 20))) == "dense"
     calls = _count_calls(monkeypatch)

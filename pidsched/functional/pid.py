@@ -89,7 +89,7 @@ _MAX_DUAL_MOVE = 40.0  # nats a dual variable may move in one Newton step
 _TINY_MASS = 1e-11  # marginal mass below which a cell is removed before solving (recertified)
 _SMALL_MASS = 1e-8  # ... and in a last attempt, where neither that nor the direct solve certified
 _DENSE_MAX_DUALS = 400  # reduced duals up to which "auto" factorises densely (20x20x20) ...
-_BATCH_DENSE_MAX_DUALS = 256  # ... and in a batch of at least _BATCH distributions (16x16x16)
+_BATCH_DENSE_MAX_DUALS = 225  # ... and in a batch of at least _BATCH distributions (15x15x15)
 _BATCH = 4
 _RIDGE = 1e-15  # relative ridge on the Newton blocks' diagonals: bounds steps along flat directions
 _FEASIBILITY_SWEEPS = 2  # c-transform rounds of the certificate's dual shift (_make_feasible)
@@ -238,7 +238,7 @@ def pid(
             runs preconditioned conjugate gradients on it matrix-free (``O(K1 K2 Ky)`` per CG
             step, tens of steps per Newton system, ``O(K1 K2 Ky^2)`` to build the
             preconditioner); ``"auto"`` (default) takes the dense path up to 400 reduced duals
-            (20x20x20, where it is faster; up to 256 in a batch of at least 4, which shares the
+            (20x20x20, where it is faster; up to 225 in a batch of at least 4, which shares the
             iterative path's per-operation cost) and the iterative one above; it solves a
             distribution that misses ``tol`` on the dense path again on the iterative one (the
             two round differently near float64's limit), and one that misses it on the iterative
@@ -319,9 +319,10 @@ def _choose_method(method: str, shape: torch.Size) -> str:
 
     A batch shares the iterative path's per-operation cost (tens of small tensor operations per
     CG step) among its members, but not the dense path's, whose flops are each distribution's
-    own: batched, the iterative path wins from about 256 reduced duals (batches of 128, 14^3:
-    dense 15.1 ms a distribution, iterative 17.4; 17^3: 40.6 against 24.5; 20^3, batches of 4:
-    85 against 54, of 256: 77 against 38), single solves only above 400.
+    own: batched, the iterative path wins from about 225 reduced duals (batches of 128, one
+    thread, two rounds, stop 22: 15^3 dense 19.7-21.8 ms a distribution, iterative 19.7-23.9;
+    16^3: 25.6-27.1 against 20.4-21.2; stop 17: 14^3 15.1 against 17.4, 17^3 40.6 against
+    24.5), single solves only above 400.
     """
     if method != "auto":
         return method
