@@ -75,14 +75,8 @@ def test_the_preconditioner_applies_the_same_by_einsum_and_by_broadcast(
     # forms must give the same certified solve, and the threshold must pick the form.
     joint = CASES["label-heavy 4x5x40"]()
     reference = pid(joint, method="dense")
-    einsum, preconditioned = torch.einsum, []
-
-    def spy(equation, *operands):
-        preconditioned.append(equation == "bjyz,bjz->bjy")
-        return einsum(equation, *operands)
-
+    preconditioned = _spy_on_the_preconditioner_einsum(monkeypatch)
     monkeypatch.setattr(solver, "_BROADCAST_MAX_BLOCKS", largest_broadcast)
-    monkeypatch.setattr(torch, "einsum", spy)
     result = pid(joint, method="iterative")
     assert any(preconditioned) == (largest_broadcast == 0)
     assert result.gap.item() <= TOL
@@ -95,20 +89,26 @@ def test_the_preconditioner_form_is_chosen_per_distribution_not_per_batch(monkey
     # products only pay for long blocks (a chunk of 16 at 20^3: 0.28 ms against 0.15 ms).
     joint = CASES["label-heavy 4x5x40"]()
     blocks = 4 * 40 * 40  # K2 Ky^2 after the swap onto the smaller source
-    einsum, preconditioned = torch.einsum, []
-
-    def spy(equation, *operands):
-        preconditioned.append(equation == "bjyz,bjz->bjy")
-        return einsum(equation, *operands)
-
+    preconditioned = _spy_on_the_preconditioner_einsum(monkeypatch)
     monkeypatch.setattr(solver, "_BROADCAST_MAX_BLOCKS", blocks)
-    monkeypatch.setattr(torch, "einsum", spy)
     result = pid(torch.stack([joint] * 3), method="iterative")
     assert not any(preconditioned)
     assert (result.gap <= TOL).all()
     monkeypatch.setattr(solver, "_BROADCAST_MAX_BLOCKS", blocks - 1)
     pid(joint, method="iterative")
     assert any(preconditioned)
+
+
+def _spy_on_the_preconditioner_einsum(monkeypatch) -> list[bool]:
+    """Record, for every ``torch.einsum`` call from now on, whether it was the preconditioner's."""
+    einsum, preconditioned = torch.einsum, []
+
+    def spy(equation, *operands):
+        preconditioned.append(equation == "bjyz,bjz->bjy")
+        return einsum(equation, *operands)
+
+    monkeypatch.setattr(torch, "einsum", spy)
+    return preconditioned
 
 
 def _count_calls(monkeypatch) -> dict[str, int]:
