@@ -16,7 +16,7 @@ import torch
 from pidsched.functional import pid
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from solver_fuzz import FAMILIES, check, fuzz_cases, fuzz_joint, soft_probe_joint
+from solver_fuzz import FAMILIES, check, fuzz_cases, fuzz_joint, outcomes, soft_probe_joint
 
 solver = importlib.import_module("pidsched.functional.pid")
 ATOMS = ("unique_1", "unique_2", "redundancy", "synergy")
@@ -520,6 +520,17 @@ def test_fuzzed_joints_return_finite_honest_certificates(family):
         assert not outcome["below_gap"]
         if family in STRICT:
             assert outcome["gap"] <= 1e-6
+
+
+def test_fuzzed_joints_solved_in_batches_return_finite_honest_certificates():
+    # The batch machinery (members leaving as they certify, line searches halving some members,
+    # retries of the missed rows only) on the fuzz's hard joints, batched by shape across families.
+    solved = list(outcomes(fuzz_cases(160, 40, 7), TOL, "auto", batched=True))
+    shapes = {tuple(joint.shape) for _, joint in fuzz_cases(160, 40, 7)}
+    assert len(solved) == 200 and len(shapes) < 200  # some batches hold several joints
+    for family, outcome in solved:
+        assert not outcome["non_finite"] and not outcome["below_gap"], family
+        assert outcome["gap"] <= 1e-6, family
 
 
 def test_the_line_search_halves_only_the_distributions_that_need_it(monkeypatch):
