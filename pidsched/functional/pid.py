@@ -69,6 +69,7 @@ _WARM_MAX_ITER = 30  # iterations a warm start may take before the solve is redo
 _WARM_SLACK = 1e-2  # at most how far (nats) a warm start is pulled into the constraints' interior
 _WARM_SLACK_MIN = 1e-9  # ... and at least
 _MAX_HALVINGS = 30  # step halvings of the merit line search
+_NEVER_ACCEPTED = 0.5**_MAX_HALVINGS  # the step factor of a line search that never accepted
 _SHORT_STEP = 1.0 / 64  # a line search cut below this step also tries the plain Newton direction
 _CHUNK_BYTES = 8 * 2**20  # batch chunk of the dense path: bytes of one (K1, K2, Ky, Ky) temporary
 _ITERATIVE_CHUNK_BYTES = 2**20  # ... of the iterative path: bytes of one (K1, K2, Ky) cell tensor
@@ -759,8 +760,7 @@ def _factorise_newton(
     schur = torch.matmul(w.mT, w).neg_()
     # D's blocks D[x2][y, y'] sit on the diagonal (x2, x2) of S; the view (y, y', x2) reaches them
     # without an index copy.
-    d_blocks = torch.einsum("bijy,bijz->byzj", weighted, cond)
-    d_blocks.diagonal(dim1=1, dim2=2).add_(mass_cond.sum(1))
+    d_blocks = _d_blocks(weighted, cond, mass_cond.sum(1)).permute(0, 2, 3, 1)
     d_blocks = torch.addcmul(prob.frozen_b, d_blocks, prob.keep_bb)
     _add_ridge(d_blocks, dims=(1, 2))
     schur.view(bsz, k2, ky, k2, ky).diagonal(dim1=1, dim2=3).add_(d_blocks)
@@ -778,6 +778,14 @@ def _factorised_a_blocks(
     if prob.frozen_a is not None:
         a_blocks = a_blocks + prob.frozen_a
     return _cholesky(_add_ridge(a_blocks))
+
+
+def _d_blocks(weighted: Tensor, cond: Tensor, diagonal: Tensor) -> Tensor:
+    """``D``'s blocks ``sum_x1 kappa r r^T`` plus ``diagonal`` ``(B, K2, Ky)`` on their diagonals
+    (``sum_x1 Q r``, and the iterative path's ridge): ``(B, K2, Ky, Ky)``."""
+    d_blocks = torch.einsum("bijy,bijz->bjyz", weighted, cond)
+    d_blocks.diagonal(dim1=-2, dim2=-1).add_(diagonal)
+    return d_blocks
 
 
 @dataclass
@@ -957,8 +965,7 @@ def _iterative_newton(
     if preconditioner is None:
         keep = allowed_b[..., :, None] * allowed_b[..., None, :]
         frozen = torch.diag_embed(1 - allowed_b)
-        d_blocks = torch.einsum("bijy,bijz->bjyz", weighted, cond)
-        d_blocks.diagonal(dim1=-2, dim2=-1).add_(mass_b + ridge_b)
+        d_blocks = _d_blocks(weighted, cond, mass_b + ridge_b)
         schur_blocks = (d_blocks - _coupled_blocks(cond, mass_cond, kappa, chol_a)) * keep
         preconditioner = torch.cholesky_inverse(_cholesky(schur_blocks + frozen))
     gauge = allowed_b - prob.free_b  # free_b is the allowed cells less one gauge cell per label
@@ -1490,7 +1497,7 @@ def _interior_point(
         )
         # A line search that never decreased the merit moved the point by at most 2^-30 of a step,
         # so the next iteration would repeat it: such a distribution is stuck at once.
-        failed = halved <= 0.5**_MAX_HALVINGS
+        failed = halved <= _NEVER_ACCEPTED
         cut = halved < _SHORT_STEP
         if bool(cut.any()):
             # Mehrotra's second-order term makes the corrector no exact Newton direction, so it
@@ -1508,7 +1515,7 @@ def _interior_point(
             )
             point = None
             primal_step = torch.where(further, plain_step, primal_step)
-            failed = failed & (plain_halved <= 0.5**_MAX_HALVINGS)
+            failed = failed & (plain_halved <= _NEVER_ACCEPTED)
         a, b, slack, pair_mass = trial
         # A Newton matrix singular in float64 gives primal steps of 1e-11 that never recover (the
         # pair masses alone keep moving, then overflow): stop a distribution stuck like that
