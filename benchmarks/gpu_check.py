@@ -523,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu_smoke:
         device, sizes, mode = torch.device("cpu"), SMOKE, "--cpu-smoke (tiny sizes, CPU)"
         # bf16 autocast is emulated on CPUs without bf16 instructions (one ResNet-18 step on 8
-        # 3x32x32 images: 3.2 s against 0.1 s in float32; the smoke took 2-3 min for it). The
+        # 3x32x32 images: 3.2 s against 0.1 s in float32; the smoke took 128 s for it). The
         # callback under bf16 is tested in tests/test_precision.py; here the fit's code runs.
         precision = "32-true"
         torch.set_num_threads(1)
