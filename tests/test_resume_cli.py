@@ -10,6 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 from test_cli import QUIET, run_command
 
+from pidsched.cli.csv_history import read_metric_rows
 from pidsched.cli.train import compile_arguments, resume_checkpoint, resumed_run_dir
 
 MAX_EPOCHS = 6
@@ -30,6 +31,10 @@ def _outputs(run_dir: Path) -> tuple[dict, dict]:
     return history, summary
 
 
+def _metrics_csv(run_dir: Path) -> list[dict]:
+    return read_metric_rows(run_dir / "csv" / "metrics.csv")
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
@@ -37,10 +42,11 @@ def uninterrupted(tmp_path_factory):
         [f"hydra.run.dir={run_dir}", f"trainer.max_epochs={MAX_EPOCHS}", *SMALL], run_dir.parent
     )
     history, summary = _outputs(run_dir)
+    metrics = _metrics_csv(run_dir)
     # The interruption points below fall where the test means them to.
     assert summary["switch_epoch"] == 3
     assert [r["stage"] for r in history["records"]] == ["unimodal"] * 3 + ["joint"] * 3
-    return history, summary
+    return history, summary, metrics
 
 
 @pytest.mark.slow
@@ -65,9 +71,14 @@ def test_a_resumed_run_writes_what_the_uninterrupted_run_writes(
     # No hydra.run.dir: the resumed run finds its directory from resume/ckpt_path alone.
     run_command([target, f"trainer.max_epochs={MAX_EPOCHS}", *SMALL], tmp_path)
     history, summary = _outputs(run_dir)
-    expected_history, expected_summary = uninterrupted
+    expected_history, expected_summary, expected_metrics = uninterrupted
     assert history == expected_history
     assert summary == expected_summary
+    # metrics.csv too: the first run's epochs are kept (Lightning's CSVLogger deletes the file
+    # when it starts), its test rows are not, and every value is the one logged.
+    metrics = _metrics_csv(run_dir)
+    assert {row["epoch"] for row in metrics} == set(range(MAX_EPOCHS + 1))  # + the test's
+    assert metrics == expected_metrics
     assert Path(summary["checkpoint"].replace("RUN", str(run_dir))).is_file()
     assert not (tmp_path / "outputs").exists()  # nothing written elsewhere
     assert "resume=" in (run_dir / ".hydra" / "overrides.yaml").read_text() or how == "ckpt_path"

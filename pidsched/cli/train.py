@@ -35,6 +35,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
@@ -49,6 +50,7 @@ from pidsched.cli.checks import (
     settings_of,
     stage_two_warning,
 )
+from pidsched.cli.csv_history import KeepCSVHistory
 from pidsched.cli.selection import JOINT_STAGE, JointStageCheckpoint
 from pidsched.viz.history import HISTORY_JSON_NAME, RunHistory, write_history_json
 
@@ -296,10 +298,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         dirpath=checkpoint_dir, save_last=True, save_top_k=0, save_on_train_epoch_end=True
     )
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
+    callbacks = [scheduler, selection, last, *build_extra_callbacks(cfg.get("callbacks"))]
+    if isinstance(logger, CSVLogger):
+        # Reads a resumed run's metrics.csv before the logger deletes it (log_hyperparams below).
+        callbacks.append(KeepCSVHistory(logger))
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         default_root_dir=str(run_dir),
-        callbacks=[scheduler, selection, last, *build_extra_callbacks(cfg.get("callbacks"))],
+        callbacks=callbacks,
         logger=logger,
     )
     if logger:
