@@ -13,6 +13,7 @@ below ``-gap`` (a certificate that cannot be true, since every true atom is >= 0
     python benchmarks/solver_fuzz.py                   # 10,000 joints + 1,000 soft probes
     python benchmarks/solver_fuzz.py --joints 500 --soft 100 --method iterative
     python benchmarks/solver_fuzz.py --batched         # the same joints, batched by shape
+    python benchmarks/solver_fuzz.py --joints 0 --soft 300 --soft-classes 12-24 --batched
 """
 
 from __future__ import annotations
@@ -119,25 +120,33 @@ def check_batch(joints: torch.Tensor, tol: float, method: str) -> list[dict]:
     return outcomes
 
 
-def fuzz_cases(num_joints: int, num_soft: int, seed: int):
-    """Yield ``(family, joint)``: ``num_joints`` round-robin over FAMILIES, then soft probes."""
+def fuzz_cases(num_joints: int, num_soft: int, seed: int, soft_classes: tuple[int, int] = (2, 10)):
+    """Yield ``(family, joint)``: ``num_joints`` round-robin over FAMILIES, then soft probes of
+    ``soft_classes`` (the fewest and the most) classes."""
     rng = np.random.default_rng(seed)
     for i in range(num_joints):
         family = FAMILIES[i % len(FAMILIES)]
         yield family, fuzz_joint(family, rng)
     for _ in range(num_soft):
-        k = int(rng.integers(2, 11))
+        k = int(rng.integers(soft_classes[0], soft_classes[1] + 1))
         margin = float(rng.uniform(10, 100))
         yield "soft", soft_probe_joint(k, margin, rng, num_samples=int(rng.integers(50, 2000)))
 
 
 def run(
-    num_joints: int, num_soft: int, seed: int, tol: float, method: str, batched: bool = False
+    num_joints: int,
+    num_soft: int,
+    seed: int,
+    tol: float,
+    method: str,
+    batched: bool = False,
+    soft_classes: tuple[int, int] = (2, 10),
 ) -> dict[str, dict]:
     """Counts per family: solved, certified, fallback, non-finite, atom below -gap, worst gap.
     ``batched``: the joints of each shape (of any family) are solved as one batch."""
     table: dict[str, dict] = {}
-    for family, outcome in outcomes(fuzz_cases(num_joints, num_soft, seed), tol, method, batched):
+    cases = fuzz_cases(num_joints, num_soft, seed, soft_classes)
+    for family, outcome in outcomes(cases, tol, method, batched):
         row = table.setdefault(
             family,
             {"n": 0, "certified": 0, "fallback": 0, "non_finite": 0, "below_gap": 0, "worst": 0.0},
@@ -166,10 +175,28 @@ def outcomes(cases, tol: float, method: str, batched: bool):
             yield family, outcome
 
 
+def class_range(text: str) -> tuple[int, int]:
+    """``--soft-classes``: ``LO-HI`` with ``2 <= LO <= HI``."""
+    low, _, high = text.partition("-")
+    try:
+        bounds = int(low), int(high or low)
+    except ValueError:
+        bounds = (0, 0)
+    if not 2 <= bounds[0] <= bounds[1]:
+        raise argparse.ArgumentTypeError(f"{text!r} is not LO-HI with 2 <= LO <= HI, e.g. 12-24")
+    return bounds
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--joints", type=int, default=10_000)
     parser.add_argument("--soft", type=int, default=1_000, help="soft probes of margin 10 to 100")
+    parser.add_argument(
+        "--soft-classes",
+        type=class_range,
+        default=(2, 10),
+        help="LO-HI: classes of the soft probes (12-24 runs batches on the adaptive path)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tol", type=float, default=1e-7, help="bits")
     parser.add_argument("--method", default="auto", choices=("auto", "dense", "iterative"))
@@ -179,7 +206,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     start = time.perf_counter()
-    table = run(args.joints, args.soft, args.seed, args.tol, args.method, args.batched)
+    table = run(
+        args.joints, args.soft, args.seed, args.tol, args.method, args.batched, args.soft_classes
+    )
     print(f"# python benchmarks/solver_fuzz.py {' '.join(sys.argv[1:])}".rstrip())
     print(f"# {time.perf_counter() - start:.0f} s, tol {args.tol:g} bits, method {args.method}")
     print(

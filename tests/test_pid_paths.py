@@ -111,13 +111,15 @@ def _spy_on_the_preconditioner_einsum(monkeypatch) -> list[bool]:
     return preconditioned
 
 
-def _count_calls(monkeypatch) -> dict[str, int]:
-    calls = {"dense": 0, "iterative": 0}
+def _count_calls(monkeypatch) -> dict:
+    """Count each path's factorisations; ``"order"`` lists the paths in call order."""
+    calls = {"dense": 0, "iterative": 0, "order": []}
     for path, name in (("dense", "_factorise_newton"), ("iterative", "_iterative_newton")):
         original = getattr(solver, name)
 
         def counted(*args, _original=original, _path=path, **kwargs):
             calls[_path] += 1
+            calls["order"].append(_path)
             return _original(*args, **kwargs)
 
         monkeypatch.setattr(solver, name, counted)
@@ -145,23 +147,64 @@ def test_auto_uses_the_dense_path_where_users_probe(monkeypatch):
 
 def test_auto_takes_the_iterative_path_for_a_batch_of_mid_sized_joints(monkeypatch):
     # A batch shares the iterative path's per-operation cost but not the dense path's flops: from
-    # 4 distributions on, "auto" factorises densely only up to 225 reduced duals (15x15x15).
+    # 4 distributions on, "auto" factorises densely only up to 121 reduced duals (11x11x11).
     assert solver._choose_method("auto", torch.Size((4, 20, 20, 20))) == "iterative"
     assert solver._choose_method("auto", torch.Size((2, 2, 20, 20, 20))) == "iterative"
     assert solver._choose_method("auto", torch.Size((3, 20, 20, 20))) == "dense"
-    assert solver._choose_method("auto", torch.Size((256, 15, 15, 15))) == "dense"
-    assert solver._choose_method("auto", torch.Size((256, 16, 16, 16))) == "iterative"
+    assert solver._choose_method("auto", torch.Size((256, 11, 11, 11))) == "dense"
+    assert solver._choose_method("auto", torch.Size((256, 12, 12, 12))) == "iterative"
     assert solver._choose_method("auto", torch.Size((256, 20, 20, 6))) == "dense"
     assert solver._choose_method("dense", torch.Size((256, 20, 20, 20))) == "dense"
     calls = _count_calls(monkeypatch)
     joints = torch.stack([_dirichlet((17, 17, 17), 0.5, seed) for seed in range(4)])
     batched = pid(joints)
-    assert calls["iterative"] > 0 and calls["dense"] == 0
+    assert calls["order"][0] == "iterative"
     assert (batched.gap <= TOL).all()
+    calls["order"].clear()
     single = pid(joints[0])
-    assert calls["dense"] > 0  # 289 reduced duals: a single solve stays dense
+    assert set(calls["order"]) == {"dense"}  # 289 reduced duals: a single solve stays dense
     error = max(abs(getattr(batched, name)[0] - getattr(single, name)).item() for name in ATOMS)
     assert error <= batched.gap[0].item() + single.gap.item()
+
+
+def _probe_batch(num_classes: int, count: int) -> torch.Tensor:
+    rng = np.random.default_rng(3)
+    return torch.stack([soft_probe_joint(num_classes, 3.0, rng) for _ in range(count)])
+
+
+def test_auto_turns_dense_once_cg_costs_more_than_a_factorisation(monkeypatch):
+    # Soft probes of 16 classes: CG needs more steps at every Newton step as mu falls (up to its
+    # 200-step limit), and one factorisation costs about 41 of them (_cg_budget).
+    joints = _probe_batch(16, 4)
+    calls = _count_calls(monkeypatch)
+    adaptive = pid(joints)
+    order = calls["order"]
+    switch = order.index("dense")
+    assert 0 < switch < len(order) - 1 and set(order[switch:]) == {"dense"}
+    assert (adaptive.gap <= TOL).all()
+    # Forced, the iterative path builds its CG factor at every Newton step and factorises densely
+    # only where CG missed (at most once a step).
+    order.clear()
+    iterative = pid(joints, method="iterative")
+    assert order.count("iterative") == iterative.iterations
+    assert order.count("dense") < order.count("iterative")
+    dense = pid(joints, method="dense")
+    for name in ATOMS:
+        bound = adaptive.gap + dense.gap
+        assert (abs(getattr(adaptive, name) - getattr(dense, name)) <= bound).all()
+
+
+@pytest.mark.parametrize(("steps_per_factorisation", "switches"), [(1e-9, True), (1e9, False)])
+def test_the_switch_to_dense_follows_the_cg_budget(steps_per_factorisation, switches, monkeypatch):
+    monkeypatch.setattr(solver, "_CG_STEPS_PER_FACTORISATION", steps_per_factorisation)
+    calls = _count_calls(monkeypatch)
+    result = pid(_probe_batch(16, 4))
+    assert (result.gap <= TOL).all()
+    if switches:  # a budget of 1 CG step: every step takes more, so the second one is dense
+        assert calls["order"][:2] == ["iterative", "dense"]
+        assert set(calls["order"][1:]) == {"dense"}
+    else:
+        assert "dense" not in calls["order"]
 
 
 def test_a_64_cube_certifies_on_the_auto_path(monkeypatch):
@@ -332,10 +375,11 @@ def test_the_polish_certifies_joints_the_interior_point_leaves_microbits_short(
     # Levenberg-Marquardt on the optimality conditions, which has no barrier, certifies the
     # first two to tol and brings the third under 1e-6 bits. The alternating projections run
     # before it, and with them these joints end at 5.4e-8, 6.5e-8 and 2.1e-7 bits; they are left
-    # out here, so the polish is tested alone.
+    # out here, and so is the dual ascent after it, so the polish is tested alone.
     family, joint = _fuzz_case(index)
     assert family in ("peaked", "copy") and max(joint.shape) <= 9
     monkeypatch.setattr(solver, "_PROJECTION_ROUNDS", 0)
+    monkeypatch.setattr(solver, "_ASCENT_MAX_WORK", 0)
     _assert_only_the_attempt_certifies(joint, bound, "_POLISH_MAX_UNKNOWNS", bound, monkeypatch)
 
 
@@ -377,6 +421,17 @@ def test_dual_ascent_brings_a_confident_soft_probe_under_the_fallback_bound(monk
     family, joint = next(itertools.islice(fuzz_cases(10_000, 1_000, 0), 10662, None))
     assert family == "soft" and joint.shape == (10, 10, 10)
     _assert_only_the_attempt_certifies(joint, 1e-6, "_ASCENT_SWEEPS", 1e-6, monkeypatch)
+
+
+@pytest.mark.slow
+def test_dual_ascent_runs_beyond_the_polishs_size_and_certifies_a_23_class_probe(monkeypatch):
+    # Case 110 of the batched fuzz of 12-24-class soft probes (23 classes, margin 20, 365
+    # samples; marginal cells down to 3e-11): every attempt before the ascent leaves it at
+    # 2.9e-6 bits on both paths, and the polish (1,587 unknowns) is out of its size. The ascent
+    # has its own, larger limit (duals x cells, _ASCENT_MAX_WORK).
+    family, joint = next(itertools.islice(fuzz_cases(0, 300, 0, (12, 24)), 110, None))
+    assert family == "soft" and joint.shape == (23, 23, 23)
+    _assert_only_the_attempt_certifies(joint, 1e-6, "_ASCENT_MAX_WORK", 1e-6, monkeypatch)
 
 
 def test_dual_ascent_raises_the_dual_value_and_keeps_a_true_bound():
@@ -528,6 +583,21 @@ def test_fuzzed_joints_solved_in_batches_return_finite_honest_certificates():
     solved = list(outcomes(fuzz_cases(160, 40, 7), TOL, "auto", batched=True))
     shapes = {tuple(joint.shape) for _, joint in fuzz_cases(160, 40, 7)}
     assert len(solved) == 200 and len(shapes) < 200  # some batches hold several joints
+    for family, outcome in solved:
+        assert not outcome["non_finite"] and not outcome["below_gap"], family
+        assert outcome["gap"] <= 1e-6, family
+
+
+def test_confident_probes_of_14_classes_solved_in_a_batch_return_finite_honest_certificates(
+    monkeypatch,
+):
+    # 48 soft probes of margin 10 to 100 in one batch of 14^3 joints: "auto"'s adaptive path (196
+    # reduced duals), its switch to dense and the retries of missed rows, on the joints that
+    # break interior points (marginal cells down to 1e-40).
+    calls = _count_calls(monkeypatch)
+    cases = list(fuzz_cases(0, 48, 7, (14, 14)))
+    solved = list(outcomes(cases, TOL, "auto", batched=True))
+    assert calls["order"][0] == "iterative" and "dense" in calls["order"]
     for family, outcome in solved:
         assert not outcome["non_finite"] and not outcome["below_gap"], family
         assert outcome["gap"] <= 1e-6, family

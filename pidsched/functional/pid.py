@@ -80,6 +80,7 @@ _STUCK_STEP, _STUCK_LIMIT = 1e-9, 5  # a solve stops after 5 primal steps in a r
 _MAX_CG = 200  # conjugate-gradient iterations per Newton solve of the iterative path
 _REUSE_CG_STEPS = 16  # CG steps (both solves) up to which a Newton step's preconditioner is reused
 _DENSE_FALLBACK_DUALS = 1_024  # ... above which a missed CG keeps its inexact step (no fallback)
+_CG_STEPS_PER_FACTORISATION = 0.01  # times K2 Ky^2: CG steps costing one dense factorisation
 _BROADCAST_MAX_BLOCKS = 2**18  # preconditioner entries a distribution up to which it is broadcast
 _CG_FORCING_FLOOR = 1e-10  # smallest relative CG residual asked for
 _PREDICTOR_LOOSENESS = 100.0  # the predictor's CG forcing is this times the corrector's ...
@@ -90,7 +91,7 @@ _MAX_DUAL_MOVE = 40.0  # nats a dual variable may move in one Newton step
 _TINY_MASS = 1e-11  # marginal mass below which a cell is removed before solving (recertified)
 _SMALL_MASS = 1e-8  # ... and in a last attempt, where neither that nor the direct solve certified
 _DENSE_MAX_DUALS = 400  # reduced duals up to which "auto" factorises densely (20x20x20) ...
-_BATCH_DENSE_MAX_DUALS = 225  # ... and in a batch of at least _BATCH distributions (15x15x15)
+_BATCH_DENSE_MAX_DUALS = 121  # ... and in a batch of at least _BATCH distributions (11x11x11)
 _BATCH = 4
 _RIDGE = 1e-15  # relative ridge on the Newton blocks' diagonals: bounds steps along flat directions
 _FEASIBILITY_SWEEPS = 2  # c-transform rounds of the certificate's dual shift (_make_feasible)
@@ -103,6 +104,7 @@ _PROJECTION_SWEEPS = 20  # Sinkhorn sweeps per round
 _PROJECTION_FLOOR = 1e-6  # pair mass added to each valid pair (times the independent coupling's)
 _ASCENT_SWEEPS = 5  # coordinate-ascent sweeps over the duals of a missed tol (_ascend_dual)
 _ASCENT_MOVES = 2.0 ** torch.arange(3, -7, -1)  # nats a dual is moved by, each way, per trial
+_ASCENT_MAX_WORK = 2**24  # duals x cells up to which it runs (24 classes): a sweep costs 20 x that
 
 
 @dataclass
@@ -239,11 +241,14 @@ def pid(
             runs preconditioned conjugate gradients on it matrix-free (``O(K1 K2 Ky)`` per CG
             step, tens of steps per Newton system, ``O(K1 K2 Ky^2)`` to build the
             preconditioner); ``"auto"`` (default) takes the dense path up to 400 reduced duals
-            (20x20x20, where it is faster; up to 225 in a batch of at least 4, which shares the
-            iterative path's per-operation cost) and the iterative one above; it solves a
-            distribution that misses ``tol`` on the dense path again on the iterative one (the
-            two round differently near float64's limit), and one that misses it on the iterative
-            path again on the dense one up to 1,024 reduced duals. Both certify ``gap``.
+            (20x20x20, where it is faster; up to 121 in a batch of at least 4, which shares the
+            iterative path's per-operation cost) and the iterative one above, which turns dense
+            for the rest of a solve once a Newton step's CG steps cost more than a dense
+            factorisation would (up to 1,024 reduced duals: late Newton systems are the worst
+            conditioned); it solves a distribution that misses ``tol`` on the dense path again
+            on the iterative one (the two round differently near float64's limit), and one that
+            misses it on the iterative path again on the dense one up to 1,024 reduced duals.
+            Both certify ``gap``.
 
     Returns:
         A :class:`PIDResult` of tensors with the batch shape, in bits. Gradients with respect to
@@ -275,7 +280,9 @@ def pid(
 
     flat = p.detach().reshape(-1, k1, k2, ky)
     path = _choose_method(method, p.shape)
-    solution = _solve_robustly(flat, tol * LN2, max_iter, warm, path, _rescue(method, p.shape))
+    solution = _solve_robustly(
+        flat, tol * LN2, max_iter, warm, path, _rescue(method, p.shape), adaptive=method == "auto"
+    )
     a = solution.a.reshape(*batch, k1, ky)
     b = solution.b.reshape(*batch, k2, ky)
 
@@ -320,10 +327,13 @@ def _choose_method(method: str, shape: torch.Size) -> str:
 
     A batch shares the iterative path's per-operation cost (tens of small tensor operations per
     CG step) among its members, but not the dense path's, whose flops are each distribution's
-    own: batched, the iterative path wins from about 225 reduced duals (batches of 128, one
-    thread, two rounds, stop 22: 15^3 dense 19.7-21.8 ms a distribution, iterative 19.7-23.9;
-    16^3: 25.6-27.1 against 20.4-21.2; stop 17: 14^3 15.1 against 17.4, 17^3 40.6 against
-    24.5), single solves only above 400.
+    own. Batched, the adaptive iterative path of ``"auto"`` (it turns dense where CG costs more
+    than a factorisation, :func:`_cg_budget`) wins from about 144 reduced duals: batches of 256
+    Dirichlet(0.5) joints and of 65 bootstrap replicates of a soft probe, one thread, three rounds,
+    ms a distribution, dense against adaptive: 10^3 2.7-2.9 / 3.0-3.1 and 2.9-3.2 / 2.9-3.0; 11^3
+    4.5-4.7 / 4.5-4.6 and 4.3-5.0 / 4.5-4.9; 12^3 5.2-5.6 / 4.6-4.7 and 5.0-5.5 / 5.2-5.4; 14^3
+    11.0-11.6 / 9.5-9.8 and 10.7-11.3 / 8.7-9.0; 16^3 26.6-26.8 / 14.1-14.4 and 23.5-23.9 /
+    17.1-17.6. Single solves stay dense up to 400.
     """
     if method != "auto":
         return method
@@ -352,6 +362,7 @@ def _solve_robustly(
     warm: tuple[Tensor, Tensor, Tensor] | None,
     method: str,
     rescue: tuple[str, ...] = (),
+    adaptive: bool = False,
 ) -> _DualSolution:
     """Solve with the cells of tiny marginal mass removed, certify on the original ``p``.
 
@@ -364,9 +375,13 @@ def _solve_robustly(
     the line search's merit weighing each pair's residual ``L + s`` by ``sqrt(Q)``, and last with
     the plain merit; where those miss too, each Newton path of ``rescue`` makes the same two
     attempts; then the best point so far is refined by alternating I-projections
-    (:func:`_project_alternately`), polished (:func:`_polish`) and last its dual is raised by
-    coordinate ascent (:func:`_ascend_dual`), these two up to ``_POLISH_MAX_UNKNOWNS`` unknowns.
-    Each distribution keeps its best certificate of all attempts.
+    (:func:`_project_alternately`), polished (:func:`_polish`, up to ``_POLISH_MAX_UNKNOWNS``
+    unknowns) and last its dual is raised by coordinate ascent (:func:`_ascend_dual`, up to
+    ``_ASCENT_MAX_WORK`` duals times cells: a 23-class soft probe of margin 20 that every other
+    attempt left at 2.9e-6 bits certified 5.6e-7 after 6.5 s of it).
+    Each distribution keeps its best certificate of all attempts. With ``adaptive`` (``"auto"``)
+    the attempts on ``method`` are adaptive (:class:`_Path`); those on the ``rescue`` paths keep
+    to their path, because they are there to round differently.
 
     Why the scaled merit: on a peaked joint (one cell near 1, the rest near 1e-7) the plain merit
     is ruled by the residuals of pairs of mass 1e-7, whose ``L`` is very curved along the Newton
@@ -388,7 +403,8 @@ def _solve_robustly(
             pruned = _without_tiny_cells(q, mass)
             if pruned is None:
                 return None
-            return _recertify(q, on_path(_Path(method), tol * share, iterations)(pruned, w))
+            path = _Path(method, adaptive=adaptive)
+            return _recertify(q, on_path(path, tol * share, iterations)(pruned, w))
 
         return solve
 
@@ -397,8 +413,12 @@ def _solve_robustly(
     # leave the extension room, and gets at most 50 iterations (a rescue, not the main solve).
     solution = pruned_at(_TINY_MASS)(p, warm)
     attempts = [pruned_at(_SMALL_MASS, 0.25, min(max_iter, 50))]
-    for newton in (method, *rescue):
-        attempts += [on_path(_Path(newton, scaled_merit=True)), on_path(_Path(newton))]
+    # The rescue paths are not adaptive: they are there to round differently from the first.
+    for newton, turns in ((method, adaptive), *((path, False) for path in rescue)):
+        attempts += [
+            on_path(_Path(newton, scaled_merit=True, adaptive=turns)),
+            on_path(_Path(newton, adaptive=turns)),
+        ]
     for attempt in attempts:
         solution = attempt(p, warm) if solution is None else _retry(solution, p, tol, attempt, warm)
 
@@ -409,7 +429,9 @@ def _solve_robustly(
     refinements = [_project_alternately]
     *_, k1, k2, ky = p.shape
     if (k1 + k2) * ky + k1 * k2 <= _POLISH_MAX_UNKNOWNS:
-        refinements += [_polish, _ascend_dual]
+        refinements.append(_polish)
+    if (k1 + k2) * ky * k1 * k2 * ky <= _ASCENT_MAX_WORK:
+        refinements.append(_ascend_dual)
     for refine in refinements:
         solution = _retry(solution, p, tol, refining(refine), warm)
     return solution
@@ -609,11 +631,14 @@ class _DualSolution:
 @dataclass(frozen=True)
 class _Path:
     """How a solve's Newton steps are taken: ``method`` (``"dense"`` or ``"iterative"``, see
-    :func:`pid`) and ``scaled_merit``, whether the line search weighs each pair's residual
-    ``L + s`` by ``sqrt(Q)`` (:func:`_solve_robustly` explains when)."""
+    :func:`pid`); ``scaled_merit``, whether the line search weighs each pair's residual
+    ``L + s`` by ``sqrt(Q)`` (:func:`_solve_robustly` explains when); ``adaptive``, whether the
+    iterative path turns dense where its CG steps cost more than a factorisation
+    (:func:`_cg_budget`; ``method="auto"``)."""
 
     method: str
     scaled_merit: bool = False
+    adaptive: bool = False
 
 
 def _gauge_cells(p2: Tensor) -> Tensor:
@@ -949,10 +974,12 @@ def _iterative_newton(
     prob: _Problem,
     forcing: Tensor,
     preconditioner: Tensor | None = None,
+    max_cg: int = _MAX_CG,
 ) -> _IterativeNewton:
     """Factorise the blocks of ``A`` and of ``S``'s block diagonal (see :class:`_IterativeNewton`;
     the matrix is that of :func:`_factorise_newton`). ``preconditioner``: the inverted S blocks of
-    an earlier Newton step, used instead of building them (``O(K1 K2 Ky^2)``)."""
+    an earlier Newton step, used instead of building them (``O(K1 K2 Ky^2)``); ``max_cg``: CG
+    steps per solve before it falls back to the dense factorisation (where affordable)."""
     _, k1, k2, ky = cond.shape
     kappa = mass_per_slack - pair_mass
     mass_cond = pair_mass[..., None] * cond
@@ -982,9 +1009,27 @@ def _iterative_newton(
         gauge,
         allowed_b.sum(1, keepdim=True).clamp_min(1.0),
         forcing,
-        _MAX_CG,
+        max_cg,
         (lambda: _factorise_newton(cond, pair_mass, mass_per_slack, prob)) if affordable else None,
     )
+
+
+def _cg_budget(prob: _Problem) -> int | None:
+    """CG steps per Newton step (its two solves together) that cost about as much as one dense
+    factorisation of the Schur complement; None where that factorisation is not affordable
+    (above ``_DENSE_FALLBACK_DUALS`` reduced duals).
+
+    The factorisation's ``W^T W`` costs ``K1 Ky (K2 Ky)^2`` multiply-adds at matrix-product speed,
+    a CG step a few tens of memory-bound passes over the ``K1 K2 Ky`` cells, so the ratio grows
+    as ``K2 Ky^2``; its constant, ``_CG_STEPS_PER_FACTORISATION``, is measured: 0.01 was at
+    least as fast as 0.005 and 0.02 on batches of 65 at 12^3 to 28^3 and single probes of 20 to
+    31 classes (docs/benchmarks.md, "Batched solves"). ``K2 <= K1`` here (see _solve_dual).
+    """
+    _, k1, _ = prob.p1.shape
+    _, k2, ky = prob.p2.shape
+    if min(k1, k2) * ky > _DENSE_FALLBACK_DUALS:
+        return None
+    return max(1, round(_CG_STEPS_PER_FACTORISATION * k2 * ky * ky))
 
 
 def _coupled_blocks(cond: Tensor, mass_cond: Tensor, kappa: Tensor, chol_a: Tensor) -> Tensor:
@@ -1390,6 +1435,8 @@ def _interior_point(
     iterations = 0
     point = None  # (L, r, residuals) at the current point when the line search computed them
     reusable = None  # the iterative path's preconditioner, while it keeps CG short
+    method = path.method
+    budget = _cg_budget(prob) if path.adaptive and method == "iterative" else None
     while True:
         lse, cond, residual_dual, residual_pair = point or _residuals(a, b, slack, pair_mass, prob)
         complementarity = pair_mass * slack
@@ -1443,20 +1490,22 @@ def _interior_point(
         iterations += 1
 
         mass_per_slack = pair_mass / slack
-        if path.method == "dense":
+        if method == "dense":
             factor = _factorise_newton(cond, pair_mass, mass_per_slack, prob)
         else:
             forcing = _kkt_merit(residual_dual, residual_pair, complementarity).sqrt()
             forcing = (1e-2 * forcing).clamp(_CG_FORCING_FLOOR, 1e-3)
-            factor = _iterative_newton(cond, pair_mass, mass_per_slack, prob, forcing, reusable)
+            factor = _iterative_newton(
+                cond, pair_mass, mass_per_slack, prob, forcing, reusable, budget or _MAX_CG
+            )
         args = (cond, pair_mass, slack, mass_per_slack, prob)
         # Predictor: the affine direction towards complementarity 0. It only sets the centring
         # and the corrector's second-order term, so CG may solve it 100x more loosely (at most
         # 0.1): on the 101^3 probe that cut its CG steps from 124 to 50, iterations unchanged.
-        if path.method != "dense":
+        if method != "dense":
             factor.forcing = (forcing * _PREDICTOR_LOOSENESS).clamp(max=_PREDICTOR_FORCING)
         _, _, dq, ds = _newton_step(factor, residual_dual, residual_pair, complementarity, *args)
-        if path.method != "dense":
+        if method != "dense":
             factor.forcing = forcing
         step = _step_to_boundary(
             torch.minimum(_boundary_ratio(pair_mass, dq, prob), _boundary_ratio(slack, ds, prob))
@@ -1479,11 +1528,17 @@ def _interior_point(
         # off, and the singular Newton matrices that follow never restore feasibility.
         infeasible = _kkt_merit(residual_dual, residual_pair).sqrt()
         keep = torch.maximum(mu, infeasible).clamp(min=1e-8, max=0.01)
-        if path.method != "dense":
+        if method != "dense":
             # Early Newton steps change the matrix little relative to what CG absorbs: while the
             # two solves took few CG steps, the next step keeps this preconditioner.
             short = factor.fallback is None and factor.cg_iterations <= _REUSE_CG_STEPS
             reusable = factor.s_inverse if short and reusable is None else None
+            costly = factor.fallback is not None or factor.cg_iterations > (budget or 0)
+            if budget is not None and costly:
+                # CG cost more than a factorisation, and the Newton matrices only grow worse
+                # conditioned as mu falls (the active pairs' curvature Q / s grows): the
+                # remaining steps factorise.
+                method, reusable, budget = "dense", None, None
 
         # Globalisation: L is nonlinear, so a full step can overshoot far from the optimum (warm
         # starts on a changed p, peaked distributions). Halve both steps until the KKT residual
