@@ -328,9 +328,10 @@ def _choose_method(method: str, shape: torch.Size) -> str:
     A batch shares the iterative path's per-operation cost (tens of small tensor operations per
     CG step) among its members, but not the dense path's, whose flops are each distribution's
     own. Batched, the adaptive iterative path of ``"auto"`` (it turns dense where CG costs more
-    than a factorisation, :func:`_cg_budget`) wins from about 144 reduced duals: batches of 256
-    Dirichlet(0.5) joints and of 65 bootstrap replicates of a soft probe, one thread, three rounds,
-    ms a distribution, dense against adaptive: 10^3 2.7-2.9 / 3.0-3.1 and 2.9-3.2 / 2.9-3.0; 11^3
+    than a factorisation, :func:`_cg_budget`) wins from 12^3 (144 reduced duals) and ties at
+    11^3, so dense is kept up to 121. Batches of 256 Dirichlet(0.5) joints and of 65 bootstrap
+    replicates of a soft probe, one thread, three rounds, ms a distribution, dense against
+    adaptive: 10^3 2.7-2.9 / 3.0-3.1 and 2.9-3.2 / 2.9-3.0; 11^3
     4.5-4.7 / 4.5-4.6 and 4.3-5.0 / 4.5-4.9; 12^3 5.2-5.6 / 4.6-4.7 and 5.0-5.5 / 5.2-5.4; 14^3
     11.0-11.6 / 9.5-9.8 and 10.7-11.3 / 8.7-9.0; 16^3 26.6-26.8 / 14.1-14.4 and 23.5-23.9 /
     17.1-17.6. Single solves stay dense up to 400.
@@ -1021,9 +1022,10 @@ def _cg_budget(prob: _Problem) -> int | None:
 
     The factorisation's ``W^T W`` costs ``K1 Ky (K2 Ky)^2`` multiply-adds at matrix-product speed,
     a CG step a few tens of memory-bound passes over the ``K1 K2 Ky`` cells, so the ratio grows
-    as ``K2 Ky^2``; its constant, ``_CG_STEPS_PER_FACTORISATION``, is measured: 0.01 was at
-    least as fast as 0.005 and 0.02 on batches of 65 at 12^3 to 28^3 and single probes of 20 to
-    31 classes (docs/benchmarks.md, "Batched solves"). ``K2 <= K1`` here (see _solve_dual).
+    as ``K2 Ky^2``; its constant, ``_CG_STEPS_PER_FACTORISATION``, is measured: of 0.005, 0.01
+    and 0.02, on batches of 65 at 12^3 to 28^3 and single probes of 20 to 31 classes, 0.01 was
+    never the slowest by more than the noise (docs/benchmarks.md, "Batched solves"). ``K2 <=
+    K1`` here (see _solve_dual).
     """
     _, k1, _ = prob.p1.shape
     _, k2, ky = prob.p2.shape
@@ -1533,8 +1535,10 @@ def _interior_point(
             # two solves took few CG steps, the next step keeps this preconditioner.
             short = factor.fallback is None and factor.cg_iterations <= _REUSE_CG_STEPS
             reusable = factor.s_inverse if short and reusable is None else None
-            costly = factor.fallback is not None or factor.cg_iterations > (budget or 0)
-            if budget is not None and costly:
+            over_budget = budget is not None and (
+                factor.fallback is not None or factor.cg_iterations > budget
+            )
+            if over_budget:
                 # CG cost more than a factorisation, and the Newton matrices only grow worse
                 # conditioned as mu falls (the active pairs' curvature Q / s grows): the
                 # remaining steps factorise.
