@@ -292,6 +292,24 @@ def test_large_batches_are_solved_in_chunks_with_the_same_result(
     assert (chunked.gap <= TOL).all()
 
 
+def test_chunks_are_cache_sized_on_the_cpu_and_larger_on_an_accelerator():
+    # On a GPU a chunk costs its kernel launches, not cache misses: CPU-sized chunks would run a
+    # batch of 4,096 at 20^3 as 256 chunks one after another.
+    solver = importlib.import_module("pidsched.functional.pid")
+    batch = torch.Size((4096, 20, 20, 20))
+    sizes = {
+        (method, device): solver._chunk_size(batch, 8, method, torch.device(device))
+        for method in ("dense", "iterative")
+        for device in ("cpu", "cuda")
+    }
+    assert sizes == {
+        ("dense", "cpu"): 6,
+        ("dense", "cuda"): 419,
+        ("iterative", "cpu"): 16,
+        ("iterative", "cuda"): 1048,
+    }
+
+
 def test_finished_distributions_leave_the_batch_and_keep_their_place(monkeypatch):
     # A batch runs as long as its slowest member; a row that has certified must stop costing
     # Newton steps, and its result must come back in its own place.

@@ -73,6 +73,7 @@ _NEVER_ACCEPTED = 0.5**_MAX_HALVINGS  # the step factor of a line search that ne
 _SHORT_STEP = 1.0 / 64  # a line search cut below this step also tries the plain Newton direction
 _CHUNK_BYTES = 8 * 2**20  # batch chunk of the dense path: bytes of one (K1, K2, Ky, Ky) temporary
 _ITERATIVE_CHUNK_BYTES = 2**20  # ... of the iterative path: bytes of one (K1, K2, Ky) cell tensor
+_ACCELERATOR_CHUNK_SCALE = 64  # both budgets are this many times larger off the CPU (_chunk_size)
 _CACHE_BYTES = 2**19  # bytes of S blocks accumulated at a time by _coupled_blocks (fit in L2)
 _STALL_LIMIT = 8  # certificates without progress after which a solve stops short of tol
 _CERTIFY_FROM = 100.0  # certificates are computed once the duality measure is below this x tol
@@ -1329,21 +1330,35 @@ def _put_rows(target: tuple, index: Tensor, rows: tuple) -> None:
             whole[index] = part
 
 
+def _chunk_size(shape: torch.Size, element_size: int, method: str, device: torch.device) -> int:
+    """Distributions per chunk of a batch of ``shape (B, K1, K2, Ky)`` on ``method``'s path.
+
+    On the CPU a chunk's Newton temporaries stay near ``_CHUNK_BYTES`` (the dense path's
+    (K1, K2, Ky, Ky) blocks) or ``_ITERATIVE_CHUNK_BYTES`` (the iterative path's (K1, K2, Ky)
+    cells, which it never builds as blocks: sized like the dense path its chunks were Ky times
+    smaller than needed to share a CG step's tens of operations, 39 against 34 ms a distribution at
+    20^3): one huge batch is memory-bound and slower per distribution than several cache-sized
+    ones. Elsewhere (CUDA) a chunk costs its kernel launches and host synchronisations, about the
+    same whatever its size, so the budgets are ``_ACCELERATOR_CHUNK_SCALE`` times larger: 1,024
+    distributions a chunk at 20^3 instead of 16. A dense factorisation then holds three tensors
+    the size of the blocks (the blocks, ``W`` and S), so a chunk's peak is a few GiB: about 4 GiB
+    at 20^3 and 7 GiB at 32^3 where the adaptive path turns dense (by the tensors' sizes). Not
+    measured on a GPU yet (none was lent): ``benchmarks/gpu_check.py`` times it.
+    """
+    _, k1, k2, ky = shape
+    scale = 1 if device.type == "cpu" else _ACCELERATOR_CHUNK_SCALE
+    cells = k1 * k2 * ky * element_size
+    if method == "dense":
+        return max(1, scale * _CHUNK_BYTES // (cells * ky))
+    return max(1, scale * _ITERATIVE_CHUNK_BYTES // cells)
+
+
 def _solve_in_chunks(
     p: Tensor, tol: float, max_iter: int, warm: tuple[Tensor, Tensor, Tensor] | None, path: _Path
 ) -> _DualSolution:
-    """Solve a batch in chunks whose Newton temporaries stay near ``_CHUNK_BYTES`` (the dense
-    path) or ``_ITERATIVE_CHUNK_BYTES``: one huge batch is memory-bound and slower per
-    distribution than several cache-sized ones."""
-    bsz, k1, k2, ky = p.shape
-    cells = k1 * k2 * ky * p.element_size()
-    # The iterative path never builds the dense path's (K1, K2, Ky, Ky) temporary; sized by it,
-    # its chunks were Ky times smaller than needed to share a CG step's tens of operations
-    # (20^3, a batch of 64: 39 ms a distribution in chunks of 6, 34 ms in chunks of 16).
-    if path.method == "dense":
-        chunk = max(1, _CHUNK_BYTES // (cells * ky))
-    else:
-        chunk = max(1, _ITERATIVE_CHUNK_BYTES // cells)
+    """Solve a batch in chunks of :func:`_chunk_size` distributions."""
+    bsz = p.shape[0]
+    chunk = _chunk_size(p.shape, p.element_size(), path.method, p.device)
     if bsz <= chunk:
         return _solve_dual(p, tol, max_iter, warm, path)
     parts = [
