@@ -332,16 +332,22 @@ def _choose_method(method: str, shape: torch.Size) -> str:
     than a factorisation, :func:`_cg_budget`) wins from 12^3 (144 reduced duals) and ties at
     11^3, so dense is kept up to 121. Batches of 256 Dirichlet(0.5) joints and of 65 bootstrap
     replicates of a soft probe, one thread, three rounds, ms a distribution, dense against
-    adaptive: 10^3 2.7-2.9 / 3.0-3.1 and 2.9-3.2 / 2.9-3.0; 11^3
-    4.5-4.7 / 4.5-4.6 and 4.3-5.0 / 4.5-4.9; 12^3 5.2-5.6 / 4.6-4.7 and 5.0-5.5 / 5.2-5.4; 14^3
-    11.0-11.6 / 9.5-9.8 and 10.7-11.3 / 8.7-9.0; 16^3 26.6-26.8 / 14.1-14.4 and 23.5-23.9 /
-    17.1-17.6. Single solves stay dense up to 400.
+    adaptive: 10^3 2.7-2.9 / 3.0-3.1 and 2.9-3.2 / 2.9-3.0; 11^3 4.5-4.7 / 4.5-4.6 and 4.3-5.0 /
+    4.5-4.9; 12^3 5.2-5.6 / 4.6-4.7 and 5.0-5.5 / 5.2-5.4; 14^3 11.0-11.6 / 9.5-9.8 and
+    10.7-11.3 / 8.7-9.0; 16^3 26.6-26.8 / 14.1-14.4 and 23.5-23.9 / 17.1-17.6. Single solves
+    stay dense up to 400.
     """
     if method != "auto":
         return method
-    *batch, k1, k2, ky = shape
-    largest = _BATCH_DENSE_MAX_DUALS if math.prod(batch) >= _BATCH else _DENSE_MAX_DUALS
-    return "dense" if min(k1, k2) * ky <= largest else "iterative"
+    largest = _BATCH_DENSE_MAX_DUALS if math.prod(shape[:-3]) >= _BATCH else _DENSE_MAX_DUALS
+    return "dense" if _reduced_duals(shape) <= largest else "iterative"
+
+
+def _reduced_duals(shape: torch.Size) -> int:
+    """``min(K1, K2) Ky`` of joints shaped ``(..., K1, K2, Ky)``: the size of the Schur complement
+    every Newton step solves."""
+    *_, k1, k2, ky = shape
+    return min(k1, k2) * ky
 
 
 def _rescue(method: str, shape: torch.Size) -> tuple[str, ...]:
@@ -353,8 +359,7 @@ def _rescue(method: str, shape: torch.Size) -> tuple[str, ...]:
         return ()
     if _choose_method(method, shape) == "dense":
         return ("iterative",)
-    *_, k1, k2, ky = shape
-    return ("dense",) if min(k1, k2) * ky <= _DENSE_FALLBACK_DUALS else ()
+    return ("dense",) if _reduced_duals(shape) <= _DENSE_FALLBACK_DUALS else ()
 
 
 def _solve_robustly(
@@ -416,7 +421,7 @@ def _solve_robustly(
     solution = pruned_at(_TINY_MASS)(p, warm)
     attempts = [pruned_at(_SMALL_MASS, 0.25, min(max_iter, 50))]
     # The rescue paths are not adaptive: they are there to round differently from the first.
-    for newton, turns in ((method, adaptive), *((path, False) for path in rescue)):
+    for newton, turns in ((method, adaptive), *((other, False) for other in rescue)):
         attempts += [
             on_path(_Path(newton, scaled_merit=True, adaptive=turns)),
             on_path(_Path(newton, adaptive=turns)),
@@ -982,7 +987,6 @@ def _iterative_newton(
     the matrix is that of :func:`_factorise_newton`). ``preconditioner``: the inverted S blocks of
     an earlier Newton step, used instead of building them (``O(K1 K2 Ky^2)``); ``max_cg``: CG
     steps per solve before it falls back to the dense factorisation (where affordable)."""
-    _, k1, k2, ky = cond.shape
     kappa = mass_per_slack - pair_mass
     mass_cond = pair_mass[..., None] * cond
     weighted = kappa[..., None] * cond
@@ -998,7 +1002,7 @@ def _iterative_newton(
         schur_blocks = (d_blocks - _coupled_blocks(cond, mass_cond, kappa, chol_a)) * keep
         preconditioner = torch.cholesky_inverse(_cholesky(schur_blocks + frozen))
     gauge = allowed_b - prob.free_b  # free_b is the allowed cells less one gauge cell per label
-    affordable = min(k1, k2) * ky <= _DENSE_FALLBACK_DUALS
+    affordable = _reduced_duals(cond.shape) <= _DENSE_FALLBACK_DUALS
     return _IterativeNewton(
         cond,
         mass_cond,
@@ -1028,10 +1032,9 @@ def _cg_budget(prob: _Problem) -> int | None:
     never the slowest by more than the noise (docs/benchmarks.md, "Batched solves"). ``K2 <=
     K1`` here (see _solve_dual).
     """
-    _, k1, _ = prob.p1.shape
-    _, k2, ky = prob.p2.shape
-    if min(k1, k2) * ky > _DENSE_FALLBACK_DUALS:
+    if _reduced_duals(prob.p.shape) > _DENSE_FALLBACK_DUALS:
         return None
+    _, k2, ky = prob.p2.shape
     return max(1, round(_CG_STEPS_PER_FACTORISATION * k2 * ky * ky))
 
 
