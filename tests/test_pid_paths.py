@@ -174,7 +174,7 @@ def _probe_batch(num_classes: int, count: int) -> torch.Tensor:
 
 def test_auto_turns_dense_once_cg_costs_more_than_a_factorisation(monkeypatch):
     # Soft probes of 16 classes: CG needs more steps at every Newton step as mu falls (up to its
-    # 200-step limit), and one factorisation costs about 41 of them (_cg_budget).
+    # 200-step limit), and one factorisation costs about 19 of them (_cg_budget).
     joints = _probe_batch(16, 4)
     calls = _count_calls(monkeypatch)
     adaptive = pid(joints)
@@ -601,6 +601,64 @@ def test_confident_probes_of_14_classes_solved_in_a_batch_return_finite_honest_c
     for family, outcome in solved:
         assert not outcome["non_finite"] and not outcome["below_gap"], family
         assert outcome["gap"] <= 1e-6, family
+
+
+def _newton_blocks(shape, seed, free_fraction):
+    """Random Newton blocks of ``B = 3`` distributions: softmax conditionals, pair masses, and
+    curvatures kappa spanning 1e-3 to 1e8 as near an optimum; ``free_b`` clears some columns."""
+    generator = torch.Generator().manual_seed(seed)
+    k1, k2, ky = shape
+    cond = torch.softmax(3 * torch.randn((3, k1, k2, ky), generator=generator), -1).double()
+    pair_mass = torch.rand((3, k1, k2), generator=generator, dtype=torch.float64) / (k1 * k2)
+    kappa = 10.0 ** (11 * torch.rand((3, k1, k2), generator=generator, dtype=torch.float64) - 3)
+    mass_cond, weighted = pair_mass[..., None] * cond, kappa[..., None] * cond
+    a_blocks = torch.einsum("bijy,bijz->biyz", weighted, cond)
+    a_blocks.diagonal(dim1=-2, dim2=-1).add_(mass_cond.sum(2))
+    free_b = (torch.rand((3, k2, ky), generator=generator) < free_fraction).double()
+    return cond, mass_cond, weighted, torch.linalg.cholesky(a_blocks), free_b
+
+
+@pytest.mark.parametrize("free_fraction", [1.0, 0.7])
+@pytest.mark.parametrize("shape", [(5, 4, 16), (3, 6, 17), (4, 4, 5)])
+def test_the_termwise_schur_complement_equals_w_transpose_w(shape, free_fraction):
+    # _coupled_schur builds C^T A^{-1} C from the pair blocks' diagonal-plus-rank-one structure,
+    # in K1 K2^2 Ky^2 work; W^T W (W = L^{-1} C) is the direct product. They must agree entry for
+    # entry, with the cleared columns of C (gauge and frozen duals) zero on both sides.
+    cond, mass_cond, weighted, chol_a, free_b = _newton_blocks(shape, 5, free_fraction)
+    termwise = solver._coupled_schur(cond, mass_cond, weighted, chol_a, free_b)
+    whitened = solver._whitened_coupling(cond, mass_cond, weighted, chol_a, free_b)
+    direct = (whitened.mT @ whitened).view(termwise.shape)
+    scale = direct.abs().amax((1, 2, 3, 4), keepdim=True)
+    assert ((termwise - direct).abs() <= 1e-12 * scale).all()
+    cleared = free_b[:, :, :, None, None] * free_b[:, None, None] == 0
+    assert (termwise[cleared] == 0).all() and (direct[cleared] == 0).all()
+
+
+def test_the_dense_path_forms_s_term_by_term_from_16_labels(monkeypatch):
+    # 16 labels and more: S is formed term by term and the solve applies C matrix-free; below,
+    # as W^T W, with W kept for the solve. Both certify, on sparse supports (frozen duals)
+    # included, and agree with the iterative path within the gaps.
+    formed = []
+    factorise = solver._factorise_newton
+    monkeypatch.setattr(
+        solver,
+        "_factorise_newton",
+        lambda *args: (lambda f: formed.append(f.whitened is None) or f)(factorise(*args)),
+    )
+    generator = torch.Generator().manual_seed(7)
+    for ky, termwise in ((16, True), (15, False)):
+        p = torch.rand((4, 5, 3, ky), generator=generator, dtype=torch.float64) ** 4
+        p = p * (torch.rand(p.shape, generator=generator) > 0.4)
+        p[:, 0, 0, 0] += 0.01
+        p = p / p.sum((1, 2, 3), keepdim=True)
+        formed.clear()
+        dense = pid(p, tol=1e-9, method="dense")
+        assert formed and set(formed) == {termwise}
+        iterative = pid(p, tol=1e-9, method="iterative")
+        assert (dense.gap <= 1e-9).all() and (iterative.gap <= 1e-9).all()
+        for name in ATOMS:
+            difference = (getattr(dense, name) - getattr(iterative, name)).abs()
+            assert (difference <= dense.gap + iterative.gap).all(), name
 
 
 def test_the_line_search_halves_only_the_distributions_that_need_it(monkeypatch):

@@ -81,7 +81,7 @@ _STUCK_STEP, _STUCK_LIMIT = 1e-9, 5  # a solve stops after 5 primal steps in a r
 _MAX_CG = 200  # conjugate-gradient iterations per Newton solve of the iterative path
 _REUSE_CG_STEPS = 16  # CG steps (both solves) up to which a Newton step's preconditioner is reused
 _DENSE_FALLBACK_DUALS = 1_024  # ... above which a missed CG keeps its inexact step (no fallback)
-_CG_STEPS_PER_FACTORISATION = 0.01  # times K2 Ky^2: CG steps costing one dense factorisation
+_CG_STEPS_PER_FACTORISATION = 0.01  # per multiply-add per cell: CG steps costing one factorisation
 _BROADCAST_MAX_BLOCKS = 2**18  # preconditioner entries a distribution up to which it is broadcast
 _CG_FORCING_FLOOR = 1e-10  # smallest relative CG residual asked for
 _PREDICTOR_LOOSENESS = 100.0  # the predictor's CG forcing is this times the corrector's ...
@@ -94,6 +94,7 @@ _SMALL_MASS = 1e-8  # ... and in a last attempt, where neither that nor the dire
 _DENSE_MAX_DUALS = 400  # reduced duals up to which "auto" factorises densely (20x20x20) ...
 _BATCH_DENSE_MAX_DUALS = 121  # ... and in a batch of at least _BATCH distributions (11x11x11)
 _BATCH = 4
+_TERMWISE_SCHUR_MIN_LABELS = 16  # Ky from which S is formed term by term, not as W^T W
 _RIDGE = 1e-15  # relative ridge on the Newton blocks' diagonals: bounds steps along flat directions
 _FEASIBILITY_SWEEPS = 2  # c-transform rounds of the certificate's dual shift (_make_feasible)
 _BALANCE_SWEEPS = 30  # Sinkhorn sweeps of a pruned solve's or a polished point's q (_balanced)
@@ -735,30 +736,81 @@ def _pair_conditionals(a: Tensor, b: Tensor, prob: _Problem) -> tuple[Tensor, Te
 
 
 @dataclass
-class _NewtonFactor:
+class _PairBlocks:
+    """The blocks both Newton factorisations share, for ``M = [[A, C], [C^T, D]]`` in ``(a, b)``:
+    ``A``'s blocks factorised, and ``C`` kept matrix-free. Every ``(x1, x2)`` block of ``C`` is
+    ``Q diag(r) + kappa r r^T`` (``kappa = Q / s - Q``), so ``C v`` and ``C^T w`` are one pass
+    over the pairs each."""
+
+    cond: Tensor  # (B, K1, K2, Ky) r
+    mass_cond: Tensor  # (B, K1, K2, Ky) Q r
+    kappa: Tensor  # (B, K1, K2) Q / s - Q
+    chol_a: Tensor  # (B, K1, Ky, Ky) A's blocks, factorised
+
+    # Every contraction below is a broadcast product and a sum over the (K1, K2, Ky) cells: one
+    # streaming pass each. As einsum or batched matrix products they ran as many tiny
+    # matrix-vector products (and copies into their layouts), 3x slower per CG step at 20^3.
+
+    def _through(self, v: Tensor) -> Tensor:
+        """``r(x1, x2) . v(x2)`` for ``v`` shaped like ``b``: ``(B, K1, K2)``."""
+        return (self.cond * v[:, None]).sum(-1)
+
+    def _through_t(self, w: Tensor) -> Tensor:
+        """``r(x1, x2) . w(x1)`` for ``w`` shaped like ``a``: ``(B, K1, K2)``."""
+        return (self.cond * w[:, :, None]).sum(-1)
+
+    def _coupling(self, v: Tensor, through: Tensor | None = None) -> Tensor:
+        """``C v`` for ``v`` shaped like ``b``: ``(B, K1, Ky)``; ``through``: ``_through(v)``."""
+        weight = self.kappa * (self._through(v) if through is None else through)
+        return torch.addcmul(self.mass_cond * v[:, None], self.cond, weight[..., None]).sum(2)
+
+    def _coupling_t(self, w: Tensor, weight: Tensor | None = None) -> Tensor:
+        """``C^T w`` for ``w`` shaped like ``a``: ``(B, K2, Ky)``. ``weight`` (pairs) replaces
+        ``kappa * _through_t(w)`` in the rank-one part."""
+        weight = self.kappa * self._through_t(w) if weight is None else weight
+        return torch.addcmul(self.mass_cond * w[:, :, None], self.cond, weight[..., None]).sum(1)
+
+    def _solve_a(self, rhs: Tensor) -> Tensor:
+        """``A^{-1} rhs`` for ``rhs`` shaped like ``a``."""
+        # Triangular solves, not an explicit inverse: A's blocks carry the active pairs' huge
+        # curvature, and an inverse loses the accuracy the last Newton steps need.
+        return _cholesky_solve(self.chol_a, rhs[..., None])[..., 0]
+
+
+@dataclass
+class _NewtonFactor(_PairBlocks):
     """Factorisation of the Newton matrix ``M = [[A, C], [C^T, D]]`` in ``(a, b)``.
 
     ``A`` (the ``a``-``a`` part) and ``D`` are block diagonal, one ``Ky x Ky`` block per symbol;
-    ``C`` is dense. With ``A = L L^T`` per block and ``W = L^{-1} C``, the Schur complement
-    ``S = D - W^T W`` is ``K2 Ky`` square instead of ``(K1 + K2) Ky``, and ``W^T W`` is one
-    matrix product: about twice as fast as a Cholesky of the whole matrix.
+    ``A`` is eliminated by its blocks' factors, and the Schur complement ``S = D - C^T A^{-1} C``
+    onto the ``K2 Ky`` duals of ``b`` is formed and factorised densely: ``C^T A^{-1} C`` as
+    ``W^T W`` (:func:`_whitened_coupling`, ``W`` kept for the solves) below
+    ``_TERMWISE_SCHUR_MIN_LABELS`` labels, term by term (:func:`_coupled_schur`) from there on.
     """
 
-    chol_a: Tensor  # (B, K1, Ky, Ky)
-    w: Tensor  # (B, K1 Ky, K2 Ky)
+    free_b: Tensor  # (B, K2, Ky) 0/1: the duals of b the step moves (C's other columns are 0)
     chol_s: Tensor  # (B, K2 Ky, K2 Ky)
+    whitened: Tensor | None  # W = L^{-1} C (B, K1 Ky, K2 Ky) where S was formed as D - W^T W
 
     def solve(self, rhs_a: Tensor, rhs_b: Tensor) -> tuple[Tensor, Tensor]:
-        """``M^{-1} (rhs_a, rhs_b)`` for right-hand sides shaped like ``a`` and ``b``."""
+        """``M^{-1} (rhs_a, rhs_b)`` for right-hand sides shaped like ``a`` and ``b``; ``rhs_b``
+        is 0 off ``free_b``, and so is ``db``."""
+        if self.whitened is None:
+            reduced = (rhs_b - self._coupling_t(self._solve_a(rhs_a))) * self.free_b
+            db = _cholesky_solve(self.chol_s, reduced.reshape(len(reduced), -1, 1))
+            db = db.reshape(rhs_b.shape)
+            return self._solve_a(rhs_a - self._coupling(db)), db
+        # With W at hand, C^T A^{-1} rhs_a = W^T L^{-1} rhs_a: fewer operations than C
+        # matrix-free, which counts in small single solves (10 % at 10^3).
         bsz, k1, ky, _ = self.chol_a.shape
         u = torch.linalg.solve_triangular(self.chol_a, rhs_a[..., None], upper=False)
         u = u.reshape(bsz, k1 * ky, 1)
         db = _cholesky_solve(
-            self.chol_s, torch.baddbmm(rhs_b.reshape(bsz, -1, 1), self.w.mT, u, alpha=-1)
+            self.chol_s, torch.baddbmm(rhs_b.reshape(bsz, -1, 1), self.whitened.mT, u, alpha=-1)
         )
         da = torch.linalg.solve_triangular(
             self.chol_a.mT,
-            torch.baddbmm(u, self.w, db, alpha=-1).reshape(bsz, k1, ky, 1),
+            torch.baddbmm(u, self.whitened, db, alpha=-1).reshape(bsz, k1, ky, 1),
             upper=True,
         )
         return da.reshape(bsz, k1, ky), db.reshape(rhs_b.shape)
@@ -773,30 +825,91 @@ def _factorise_newton(
     ``Q L`` plus the slack's Gauss-Newton term. It is summed onto the ``(a(x1), a(x1))``,
     ``(b(x2), b(x2))`` and ``(a(x1), b(x2))`` blocks. Frozen variables get an identity row.
     """
-    bsz, k1, k2, ky = cond.shape
-    weighted = (mass_per_slack - pair_mass)[..., None] * cond  # kappa r; 0 on vacuous pairs
+    bsz, _, k2, ky = cond.shape
+    kappa = mass_per_slack - pair_mass
+    weighted = kappa[..., None] * cond  # kappa r; 0 on vacuous pairs
     mass_cond = pair_mass[..., None] * cond
     chol_a = _factorised_a_blocks(weighted, cond, mass_cond, prob)
-    # C's pair blocks are symmetric, so block[x1, x2, y', y] = C[(x1, y), (x2, y')] is also the
-    # layout of C^T's (x2, y') rows per x1: the triangular solve from the right reads it and
-    # writes W = L^{-1} C in the (x1 y, x2 y') layout the product W^T W needs, with no transposing
-    # copy (those copies took half the factorisation's time in a batch). The gauge and frozen
-    # cells' columns of C are cleared through the row factor.
-    free = prob.free_b[:, None]
-    block = (weighted * free)[..., :, None] * cond[..., None, :]
-    block.diagonal(dim1=-2, dim2=-1).add_(mass_cond * free)
-    w = torch.linalg.solve_triangular(
-        chol_a.mT, block.view(bsz, k1, k2 * ky, ky), upper=True, left=False
-    )
-    w = w.mT.reshape(bsz, k1 * ky, k2 * ky)
-    schur = torch.matmul(w.mT, w).neg_()
+    whitened = None
+    if ky >= _TERMWISE_SCHUR_MIN_LABELS:
+        schur = _coupled_schur(cond, mass_cond, weighted, chol_a, prob.free_b).neg_()
+    else:
+        whitened = _whitened_coupling(cond, mass_cond, weighted, chol_a, prob.free_b)
+        schur = torch.matmul(whitened.mT, whitened).neg_().view(bsz, k2, ky, k2, ky)
     # D's blocks D[x2][y, y'] sit on the diagonal (x2, x2) of S; the view (y, y', x2) reaches them
     # without an index copy.
     d_blocks = _d_blocks(weighted, cond, mass_cond.sum(1)).permute(0, 2, 3, 1)
     d_blocks = torch.addcmul(prob.frozen_b, d_blocks, prob.keep_bb)
     _add_ridge(d_blocks, dims=(1, 2))
-    schur.view(bsz, k2, ky, k2, ky).diagonal(dim1=1, dim2=3).add_(d_blocks)
-    return _NewtonFactor(chol_a, w, _cholesky(schur))
+    schur.diagonal(dim1=1, dim2=3).add_(d_blocks)
+    chol_s = _cholesky(schur.view(bsz, k2 * ky, k2 * ky))
+    return _NewtonFactor(cond, mass_cond, kappa, chol_a, prob.free_b, chol_s, whitened)
+
+
+def _whitened_coupling(
+    cond: Tensor, mass_cond: Tensor, weighted: Tensor, chol_a: Tensor, free_b: Tensor
+) -> Tensor:
+    """``W = L^{-1} C`` ``(B, K1 Ky, K2 Ky)``, ``L`` the factors of ``A``'s blocks and ``C``'s
+    columns outside ``free_b`` cleared, so that ``C^T A^{-1} C = W^T W``: one matrix product of
+    ``K1 Ky (K2 Ky)^2`` multiply-adds, the cheaper way below ``_TERMWISE_SCHUR_MIN_LABELS``."""
+    bsz, k1, k2, ky = cond.shape
+    # C's pair blocks are symmetric, so block[x1, x2, y', y] = C[(x1, y), (x2, y')] is also the
+    # layout of C^T's (x2, y') rows per x1: the triangular solve from the right reads it and
+    # writes W in the (x1 y, x2 y') layout the product W^T W needs, with no transposing copy
+    # (those copies took half the factorisation's time in a batch).
+    free = free_b[:, None]
+    block = (weighted * free)[..., :, None] * cond[..., None, :]
+    block.diagonal(dim1=-2, dim2=-1).add_(mass_cond * free)
+    w = torch.linalg.solve_triangular(
+        chol_a.mT, block.view(bsz, k1, k2 * ky, ky), upper=True, left=False
+    )
+    return w.mT.reshape(bsz, k1 * ky, k2 * ky)
+
+
+def _coupled_schur(
+    cond: Tensor, mass_cond: Tensor, weighted: Tensor, chol_a: Tensor, free_b: Tensor
+) -> Tensor:
+    """``C^T A^{-1} C`` with ``C``'s columns outside ``free_b`` cleared: ``(B, K2, Ky, K2, Ky)``,
+    in ``O(K1 K2^2 Ky^2)`` multiply-adds where ``W^T W`` (``W = L^{-1} C``) takes
+    ``O(K1 K2^2 Ky^3)``: a factor ``Ky / 2`` fewer.
+
+    With ``C_p = Q R + kappa r r^T`` (``R = diag(r)``) for the pairs ``p = (x1, x2)`` and
+    ``p' = (x1, x2')``, ``G = A_x1^{-1}``, ``u = G r``, ``m = Q r`` and ``w = kappa r``,
+
+        C_p^T G C_p' = Q Q' R G R' + Q kappa' (R u') r'^T + kappa Q' r (R' u)^T
+                       + kappa kappa' (r^T G r') r r'^T,
+
+    and each term is, entry ``(y, y')``, a sum over ``x1`` of products of per-pair factors: the
+    first two are ``sum_x1 m(y) [G(y, y') m'(y') + u'(y) w'(y')]``, a matrix product over ``x1``
+    per label ``y``, and the last two ``sum_x1 w(y) [u(y') m'(y') + (r^T G r') w'(y')]``, one per
+    symbol ``x2``.
+    """
+    bsz, k1, k2, ky = cond.shape
+    free = free_b[:, None]  # clears C's columns: every term carries m or w on both sides
+    m, w = mass_cond * free, weighted * free
+    # v = L^{-1} r and u = L^{-T} v = G r by triangular solves, and r^T G r' = v . v': the kappa
+    # terms cancel D's kappa r r^T (kappa reaches 1e10 near the optimum), which an explicit
+    # inverse is not accurate enough for. G itself multiplies only Q's, which stay bounded.
+    v = torch.linalg.solve_triangular(chol_a, cond.transpose(2, 3), upper=False)  # (B,K1,Ky,K2)
+    u = torch.linalg.solve_triangular(chol_a.mT, v, upper=True)
+    through = torch.matmul(v.mT, v)  # (B, K1, K2, K2): r(x1, x2)^T G r(x1, x2')
+    inverse = torch.cholesky_inverse(chol_a)  # (B, K1, Ky, Ky)
+    # First two terms, per label y: factors laid out (B, y, x1, x2', y'). The products are
+    # written into contiguous buffers: left to itself, the broadcast picked a layout from its
+    # strided operands that made the product read it 4x slower.
+    right = torch.mul(
+        inverse.transpose(1, 2)[:, :, :, None, :],
+        m[:, None],
+        out=m.new_empty((bsz, ky, k1, k2, ky)),
+    ).addcmul_(u.permute(0, 2, 1, 3)[..., None], w[:, None])
+    by_label = torch.matmul(m.permute(0, 3, 2, 1), right.view(bsz, ky, k1, k2 * ky))
+    # Last two, per symbol x2: factors laid out (B, x2, x1, x2', y').
+    right = torch.mul(
+        u.permute(0, 3, 1, 2)[:, :, :, None, :], m[:, None], out=m.new_empty((bsz, k2, k1, k2, ky))
+    ).addcmul_(through.transpose(1, 2)[..., None], w[:, None])
+    by_symbol = torch.matmul(w.permute(0, 2, 3, 1), right.view(bsz, k2, k1, k2 * ky))
+    by_symbol += by_label.transpose(1, 2)  # (B, x2, y, x2' y')
+    return by_symbol.view(bsz, k2, ky, k2, ky)
 
 
 def _factorised_a_blocks(
@@ -821,14 +934,13 @@ def _d_blocks(weighted: Tensor, cond: Tensor, diagonal: Tensor) -> Tensor:
 
 
 @dataclass
-class _IterativeNewton:
+class _IterativeNewton(_PairBlocks):
     """The Newton matrix ``M = [[A, C], [C^T, D]]`` in ``(a, b)`` kept matrix-free.
 
     ``A`` is eliminated exactly (its ``Ky x Ky`` blocks, one per ``x1``, are factorised), and the
-    Schur complement ``S = D - C^T A^{-1} C`` onto ``b`` is solved by conjugate gradients. ``C v``
-    and ``C^T w`` are one pass over the pairs each (every ``(x1, x2)`` block of ``C`` is
-    ``Q diag(r) + kappa r r^T``), so a CG step costs ``O(K1 K2 Ky + K1 Ky^2)`` instead of the dense
-    path's ``O((K2 Ky)^3)`` per Newton step.
+    Schur complement ``S = D - C^T A^{-1} C`` onto ``b`` is solved by conjugate gradients with
+    ``C`` applied matrix-free (:class:`_PairBlocks`), so a CG step costs ``O(K1 K2 Ky + K1 Ky^2)``
+    instead of the dense path's ``O((K2 Ky)^3)`` per Newton step.
 
     Two choices make CG converge in tens of steps where the interior point's matrices span 1e10
     (docs/method.md, "The iterative path"):
@@ -843,10 +955,6 @@ class _IterativeNewton:
       afterwards, which changes no cell ``a + b``.
     """
 
-    cond: Tensor  # (B, K1, K2, Ky) r
-    mass_cond: Tensor  # (B, K1, K2, Ky) Q r
-    kappa: Tensor  # (B, K1, K2) Q / s - Q
-    chol_a: Tensor  # (B, K1, Ky, Ky) A's blocks, factorised
     d_diagonal: Tensor  # (B, K2, Ky) the mass part of D's blocks, sum_x1 Q r, plus D's ridge
     s_inverse: Tensor  # (B, K2, Ky, Ky) S's diagonal blocks, inverted (the preconditioner)
     allowed_a: Tensor  # (B, K1, Ky) 0/1
@@ -860,34 +968,8 @@ class _IterativeNewton:
     cg_iterations: int = 0
     fallback: _NewtonFactor | None = None
 
-    # Every contraction below is a broadcast product and a sum over the (K1, K2, Ky) cells: one
-    # streaming pass each. As einsum or batched matrix products they ran as many tiny
-    # matrix-vector products (and copies into their layouts), 3x slower per CG step at 20^3.
-    # The exception is _precondition's product with large S blocks (see there).
-
-    def _through(self, v: Tensor) -> Tensor:
-        """``r(x1, x2) . v(x2)`` for ``v`` shaped like ``b``: ``(B, K1, K2)``."""
-        return (self.cond * v[:, None]).sum(-1)
-
-    def _through_t(self, w: Tensor) -> Tensor:
-        """``r(x1, x2) . w(x1)`` for ``w`` shaped like ``a``: ``(B, K1, K2)``."""
-        return (self.cond * w[:, :, None]).sum(-1)
-
-    def _coupling(self, v: Tensor, through: Tensor | None = None) -> Tensor:
-        """``C v`` for ``v`` shaped like ``b``: ``(B, K1, Ky)``; ``through``: ``_through(v)``."""
-        weight = self.kappa * (self._through(v) if through is None else through)
-        return torch.addcmul(self.mass_cond * v[:, None], self.cond, weight[..., None]).sum(2)
-
-    def _coupling_t(self, w: Tensor, weight: Tensor | None = None) -> Tensor:
-        """``C^T w`` for ``w`` shaped like ``a``: ``(B, K2, Ky)``. ``weight`` (pairs) replaces
-        ``kappa * _through_t(w)`` in the rank-one part."""
-        weight = self.kappa * self._through_t(w) if weight is None else weight
-        return torch.addcmul(self.mass_cond * w[:, :, None], self.cond, weight[..., None]).sum(1)
-
-    def _solve_a(self, rhs: Tensor) -> Tensor:
-        # Triangular solves, not an explicit inverse: A's blocks carry the active pairs' huge
-        # curvature, and an inverse loses the accuracy the last Newton steps need.
-        return _cholesky_solve(self.chol_a, rhs[..., None])[..., 0]
+    # Contractions are streaming passes over the cells, as in _PairBlocks; the exception is
+    # _precondition's product with large S blocks (see there).
 
     def _project(self, v: Tensor) -> Tensor:
         """``v`` (shaped like ``b``) minus its per-label mean over the allowed cells: off ``S``'s
@@ -1025,17 +1107,24 @@ def _cg_budget(prob: _Problem) -> int | None:
     factorisation of the Schur complement; None where that factorisation is not affordable
     (above ``_DENSE_FALLBACK_DUALS`` reduced duals).
 
-    The factorisation's ``W^T W`` costs ``K1 Ky (K2 Ky)^2`` multiply-adds at matrix-product speed,
-    a CG step a few tens of memory-bound passes over the ``K1 K2 Ky`` cells, so the ratio grows
-    as ``K2 Ky^2``; its constant, ``_CG_STEPS_PER_FACTORISATION``, is measured: of 0.005, 0.01
-    and 0.02, on batches of 65 at 12^3 to 28^3 and single probes of 20 to 31 classes, 0.01 was
-    never the slowest by more than the noise (docs/benchmarks.md, "Batched solves"). ``K2 <=
-    K1`` here (see _solve_dual).
+    A CG step is a few tens of memory-bound passes over the ``K1 K2 Ky`` cells, and a
+    factorisation :func:`_factorisation_work` multiply-adds at matrix-product speed; the ratio's
+    constant, ``_CG_STEPS_PER_FACTORISATION``, is measured (docs/benchmarks.md, "Batched
+    solves"). ``K2 <= K1`` here (see _solve_dual).
     """
     if _reduced_duals(prob.p.shape) > _DENSE_FALLBACK_DUALS:
         return None
-    _, k2, ky = prob.p2.shape
-    return max(1, round(_CG_STEPS_PER_FACTORISATION * k2 * ky * ky))
+    _, k1, k2, ky = prob.p.shape
+    work = _factorisation_work(k1, k2, ky) / (k1 * k2 * ky)
+    return max(1, round(_CG_STEPS_PER_FACTORISATION * work))
+
+
+def _factorisation_work(k1: int, k2: int, ky: int) -> float:
+    """Multiply-adds of one dense Newton factorisation (:func:`_factorise_newton`): forming
+    ``C^T A^{-1} C`` (``K1 K2^2 Ky^3`` as ``W^T W``, ``2 K1 K2^2 Ky^2`` term by term from
+    ``_TERMWISE_SCHUR_MIN_LABELS`` labels) and the Cholesky factorisation, ``(K2 Ky)^3 / 3``."""
+    forming = k1 * k2**2 * ky**2 * (2 if ky >= _TERMWISE_SCHUR_MIN_LABELS else ky)
+    return forming + (k2 * ky) ** 3 / 3
 
 
 def _coupled_blocks(cond: Tensor, mass_cond: Tensor, kappa: Tensor, chol_a: Tensor) -> Tensor:
