@@ -308,6 +308,12 @@ def test_chunks_are_cache_sized_on_the_cpu_and_larger_on_an_accelerator():
         ("iterative", "cpu"): 16,
         ("iterative", "cuda"): 1048,
     }
+    # From 16 labels the dense path's term-by-term S builds a (K1, K2, K2, Ky) factor too, which
+    # is the larger temporary when the smaller source has more symbols than there are labels.
+    wide = torch.Size((4096, 40, 30, 16))
+    assert solver._chunk_size(wide, 8, "dense", torch.device("cpu")) == 8 * 2**20 // (
+        40 * 30 * 16 * 8 * 30
+    )
 
 
 def test_finished_distributions_leave_the_batch_and_keep_their_place(monkeypatch):

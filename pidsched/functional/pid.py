@@ -1433,7 +1433,8 @@ def _chunk_size(shape: torch.Size, element_size: int, method: str, device: torch
     ones. Elsewhere (CUDA) a chunk costs its kernel launches and host synchronisations, about the
     same whatever its size, so the budgets are ``_ACCELERATOR_CHUNK_SCALE`` times larger: 1,024
     distributions a chunk at 20^3 instead of 16. A dense factorisation then holds three tensors
-    the size of the blocks (the blocks, ``W`` and S), so a chunk's peak is a few GiB: about 4 GiB
+    the size of the blocks (the blocks or the term-by-term factors, ``W`` or a second factor,
+    and S), so a chunk's peak is a few GiB: about 4 GiB
     at 20^3 and 7 GiB at 32^3 where the adaptive path turns dense (by the tensors' sizes). Not
     measured on a GPU yet (none was lent): ``benchmarks/gpu_check.py`` times it.
     """
@@ -1441,7 +1442,9 @@ def _chunk_size(shape: torch.Size, element_size: int, method: str, device: torch
     scale = 1 if device.type == "cpu" else _ACCELERATOR_CHUNK_SCALE
     cells = k1 * k2 * ky * element_size
     if method == "dense":
-        return max(1, scale * _CHUNK_BYTES // (cells * ky))
+        # The term-by-term S (_coupled_schur) also builds a (K1, K2, K2, Ky) factor (K2 <= K1).
+        width = max(ky, min(k1, k2)) if ky >= _TERMWISE_SCHUR_MIN_LABELS else ky
+        return max(1, scale * _CHUNK_BYTES // (cells * width))
     return max(1, scale * _ITERATIVE_CHUNK_BYTES // cells)
 
 
