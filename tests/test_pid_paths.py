@@ -207,6 +207,21 @@ def test_the_switch_to_dense_follows_the_cg_budget(steps_per_factorisation, swit
         assert "dense" not in calls["order"]
 
 
+def test_the_cg_budget_is_a_factorisation_s_cost_and_smaller_for_a_single_solve():
+    # A batch's budget is 0.75 % of a factorisation's multiply-adds per cell: K^3 / 100 for a W^T W
+    # cube (12^3: 17 CG steps, stop 23's calibration), and fewer where S is formed term by term
+    # (16 labels on). A single solve pays each CG step's fixed cost alone: 4x fewer steps.
+    def budget(shape):
+        return solver._cg_budget(solver._Problem.from_joint(torch.ones(shape, dtype=torch.float64)))
+
+    assert budget((4, 12, 12, 12)) == round(0.01 * 12**3) == 17
+    assert budget((4, 14, 14, 14)) == round(0.01 * 14**3)
+    assert budget((4, 20, 20, 20)) == 38 < round(0.01 * 20**3)
+    assert budget((1, 20, 20, 20)) == 9  # 37.8 / 4
+    assert budget((3, 24, 24, 24)) * 4 == pytest.approx(budget((4, 24, 24, 24)), abs=2)
+    assert budget((4, 33, 33, 33)) is None  # 1,089 reduced duals: no dense fallback
+
+
 def test_a_64_cube_certifies_on_the_auto_path(monkeypatch):
     # 64 x 64 x 64: 4,096 reduced duals, a 1 s solve on the iterative path (the dense one
     # factorises a 4,096-square matrix at every Newton step).

@@ -81,7 +81,8 @@ _STUCK_STEP, _STUCK_LIMIT = 1e-9, 5  # a solve stops after 5 primal steps in a r
 _MAX_CG = 200  # conjugate-gradient iterations per Newton solve of the iterative path
 _REUSE_CG_STEPS = 16  # CG steps (both solves) up to which a Newton step's preconditioner is reused
 _DENSE_FALLBACK_DUALS = 1_024  # ... above which a missed CG keeps its inexact step (no fallback)
-_CG_STEPS_PER_FACTORISATION = 0.01  # per multiply-add per cell: CG steps costing one factorisation
+_CG_STEPS_PER_FACTORISATION = 0.0075  # per multiply-add per cell: CG steps costing a factorisation
+_SINGLE_CG_STEP_COST = 4  # ... that many times fewer in a single solve (a CG step's fixed cost)
 _BROADCAST_MAX_BLOCKS = 2**18  # preconditioner entries a distribution up to which it is broadcast
 _CG_FORCING_FLOOR = 1e-10  # smallest relative CG residual asked for
 _PREDICTOR_LOOSENESS = 100.0  # the predictor's CG forcing is this times the corrector's ...
@@ -95,6 +96,7 @@ _DENSE_MAX_DUALS = 400  # reduced duals up to which "auto" factorises densely (2
 _BATCH_DENSE_MAX_DUALS = 121  # ... and in a batch of at least _BATCH distributions (11x11x11)
 _BATCH = 4
 _TERMWISE_SCHUR_MIN_LABELS = 16  # Ky from which S is formed term by term, not as W^T W
+_TERMWISE_RATE = 3  # ... whose multiply-adds take 3x a large product's (measured: 5 against 16 G/s)
 _RIDGE = 1e-15  # relative ridge on the Newton blocks' diagonals: bounds steps along flat directions
 _FEASIBILITY_SWEEPS = 2  # c-transform rounds of the certificate's dual shift (_make_feasible)
 _BALANCE_SWEEPS = 30  # Sinkhorn sweeps of a pruned solve's or a polished point's q (_balanced)
@@ -1107,23 +1109,30 @@ def _cg_budget(prob: _Problem) -> int | None:
     factorisation of the Schur complement; None where that factorisation is not affordable
     (above ``_DENSE_FALLBACK_DUALS`` reduced duals).
 
-    A CG step is a few tens of memory-bound passes over the ``K1 K2 Ky`` cells, and a
-    factorisation :func:`_factorisation_work` multiply-adds at matrix-product speed; the ratio's
-    constant, ``_CG_STEPS_PER_FACTORISATION``, is measured (docs/benchmarks.md, "Batched
-    solves"). ``K2 <= K1`` here (see _solve_dual).
+    A CG step is a few tens of memory-bound passes over the ``K1 K2 Ky`` cells, a factorisation
+    :func:`_factorisation_work` multiply-adds at matrix-product speed, so the budget is
+    ``_CG_STEPS_PER_FACTORISATION`` times the work per cell; measured on batches of 65 at 12^3 to
+    28^3 (docs/benchmarks.md, "Batched solves"). A single solve's CG step also pays its tens of
+    operations' fixed cost alone, which a batch shares: on single probes of 16 to 31 classes the
+    best budget was ``_SINGLE_CG_STEP_COST`` times smaller. ``K2 <= K1`` here (see _solve_dual).
     """
     if _reduced_duals(prob.p.shape) > _DENSE_FALLBACK_DUALS:
         return None
-    _, k1, k2, ky = prob.p.shape
-    work = _factorisation_work(k1, k2, ky) / (k1 * k2 * ky)
-    return max(1, round(_CG_STEPS_PER_FACTORISATION * work))
+    bsz, k1, k2, ky = prob.p.shape
+    steps = _CG_STEPS_PER_FACTORISATION * _factorisation_work(k1, k2, ky) / (k1 * k2 * ky)
+    return max(1, round(steps if bsz >= _BATCH else steps / _SINGLE_CG_STEP_COST))
 
 
 def _factorisation_work(k1: int, k2: int, ky: int) -> float:
-    """Multiply-adds of one dense Newton factorisation (:func:`_factorise_newton`): forming
-    ``C^T A^{-1} C`` (``K1 K2^2 Ky^3`` as ``W^T W``, ``2 K1 K2^2 Ky^2`` term by term from
-    ``_TERMWISE_SCHUR_MIN_LABELS`` labels) and the Cholesky factorisation, ``(K2 Ky)^3 / 3``."""
-    forming = k1 * k2**2 * ky**2 * (2 if ky >= _TERMWISE_SCHUR_MIN_LABELS else ky)
+    """Multiply-adds of one dense Newton factorisation (:func:`_factorise_newton`), in units of a
+    large matrix product's: forming ``C^T A^{-1} C`` (``K1 K2^2 Ky^3`` as ``W^T W``; from
+    ``_TERMWISE_SCHUR_MIN_LABELS`` labels ``2 K1 K2^2 Ky^2`` term by term, whose products contract
+    over only ``K1`` and run ``_TERMWISE_RATE`` times slower per multiply-add) and its Cholesky
+    factorisation, ``(K2 Ky)^3 / 3``."""
+    if ky >= _TERMWISE_SCHUR_MIN_LABELS:
+        forming = _TERMWISE_RATE * 2 * k1 * k2**2 * ky**2
+    else:
+        forming = k1 * k2**2 * ky**3
     return forming + (k2 * ky) ** 3 / 3
 
 
