@@ -142,8 +142,12 @@ def test_mid_epoch_resume_keeps_the_paused_branch_frozen(tmp_path):
     assert_states_differ(recorder.starts[3]["a"], recorder.ends[3]["a"])
 
 
-def test_stage_is_saved_with_the_module(tmp_path):
+def test_the_stage_is_saved_with_the_callback_not_the_module(tmp_path):
+    # One owner of the schedule's state: the callback, which restores it on any module built on
+    # the MultimodalModule protocol (the mid-epoch resume above relies on it).
     *_, trainer = fit_scheduled(max_epochs=2)
     trainer.save_checkpoint(tmp_path / "x.ckpt")
-    state = torch.load(tmp_path / "x.ckpt", weights_only=True)["pidsched_training_stage"]
-    assert state == {"stage": "unimodal", "paused": ["a"]}
+    checkpoint = torch.load(tmp_path / "x.ckpt", weights_only=True)
+    (state,) = (v for k, v in checkpoint["callbacks"].items() if "PIDSchedulerCallback" in k)
+    assert state["stage"] == "unimodal" and state["paused"] == ["a"]
+    assert "pidsched_training_stage" not in checkpoint

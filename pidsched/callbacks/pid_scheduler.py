@@ -288,6 +288,13 @@ class PIDSchedulerCallback(Callback):
     # --- applying the schedule ---------------------------------------------------------------
 
     @override
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # A fit resumed mid-epoch skips that epoch's on_train_epoch_start: the rest of the epoch
+        # must train with the restored stage and paused set, whatever module holds the branches.
+        # (Lightning's check for modules in eval mode runs before this hook.)
+        pl_module.set_training_stage(self._stage, self._paused)
+
+    @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._switch_pending:
             self._start_joint_stage(trainer, pl_module)

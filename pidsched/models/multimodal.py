@@ -19,8 +19,9 @@ encoders (``pidsched-train`` instantiates ``model.fusion`` with ``feature_dims``
 ``num_classes``); the test split's macro-F1 of every head comes from torchmetrics inside
 ``test_step``. A trained run is reloaded with :func:`pidsched.cli.reload.load_run`.
 
-The stage and paused set are saved in the module's checkpoints, so a fit resumed mid-epoch
-trains the rest of that epoch as it was. ``trainer.fit(torch.compile(model))`` (or
+The module knows nothing of schedules: :class:`pidsched.callbacks.PIDSchedulerCallback` keeps the
+stage and paused set in its own checkpoint state and applies them, also on a fit resumed
+mid-epoch. ``trainer.fit(torch.compile(model))`` (or
 :meth:`MultimodalClassifier.compile_pieces`) compiles only the pure tensor pieces - encoders,
 heads, fusion head - and keeps the steps, their logging and the stage state in Python.
 
@@ -67,7 +68,6 @@ STAGE2_OPTIMIZER: dict[str, Any] = {
 }
 _LIGHTNING_SCHEDULER_KEYS = ("interval", "frequency", "monitor")
 # Checkpoint entry holding the stage and paused set the module was trained with.
-_STAGE_KEY = "pidsched_training_stage"
 
 
 def _plain(value: Any) -> Any:
@@ -217,7 +217,6 @@ class MultimodalClassifier(PausableBranchesMixin, LightningModule):
         self.paused: frozenset[str] = frozenset()
         # Compiled callables of the pure tensor pieces (see compile_pieces); empty = eager.
         self._compiled: dict[tuple[str, str], Callable[..., Tensor]] = {}
-        self._restored_stage: dict[str, Any] | None = None
 
     # --- the MultimodalModule protocol -------------------------------------------------------
 
@@ -261,24 +260,6 @@ class MultimodalClassifier(PausableBranchesMixin, LightningModule):
                 self.fusion.names, linear.weight.split(widths, dim=1), strict=True
             )
         }
-
-    # --- the stage in checkpoints --------------------------------------------------------------
-
-    @override
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[_STAGE_KEY] = {"stage": self.stage, "paused": sorted(self.paused)}
-
-    @override
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._restored_stage = checkpoint.get(_STAGE_KEY)
-
-    @override
-    def on_train_start(self) -> None:
-        # A fit resumed mid-epoch skips on_train_epoch_start, where a schedule sets the stage:
-        # the rest of that epoch trains with the stage and paused set it was saved with.
-        restored, self._restored_stage = self._restored_stage, None
-        if restored is not None:
-            self.set_training_stage(restored["stage"], restored["paused"])
 
     # --- torch.compile: the pure tensor pieces only --------------------------------------------
 
