@@ -67,7 +67,6 @@ STAGE2_OPTIMIZER: dict[str, Any] = {
     "weight_decay": 1e-4,
 }
 _LIGHTNING_SCHEDULER_KEYS = ("interval", "frequency", "monitor")
-# Checkpoint entry holding the stage and paused set the module was trained with.
 
 
 def _plain(value: Any) -> Any:
