@@ -833,7 +833,7 @@ def _factorise_newton(
     mass_cond = pair_mass[..., None] * cond
     chol_a = _factorised_a_blocks(weighted, cond, mass_cond, prob)
     whitened = None
-    if ky >= _TERMWISE_SCHUR_MIN_LABELS:
+    if _forms_s_termwise(ky):
         schur = _coupled_schur(cond, mass_cond, weighted, chol_a, prob.free_b).neg_()
     else:
         whitened = _whitened_coupling(cond, mass_cond, weighted, chol_a, prob.free_b)
@@ -846,6 +846,12 @@ def _factorise_newton(
     schur.diagonal(dim1=1, dim2=3).add_(d_blocks)
     chol_s = _cholesky(schur.view(bsz, k2 * ky, k2 * ky))
     return _NewtonFactor(cond, mass_cond, kappa, chol_a, prob.free_b, chol_s, whitened)
+
+
+def _forms_s_termwise(ky: int) -> bool:
+    """Whether the dense path forms ``C^T A^{-1} C`` term by term (:func:`_coupled_schur`) rather
+    than as ``W^T W`` (:func:`_whitened_coupling`) for joints of ``ky`` labels."""
+    return ky >= _TERMWISE_SCHUR_MIN_LABELS
 
 
 def _whitened_coupling(
@@ -1129,7 +1135,7 @@ def _factorisation_work(k1: int, k2: int, ky: int) -> float:
     ``_TERMWISE_SCHUR_MIN_LABELS`` labels ``2 K1 K2^2 Ky^2`` term by term, whose products contract
     over only ``K1`` and run ``_TERMWISE_RATE`` times slower per multiply-add) and its Cholesky
     factorisation, ``(K2 Ky)^3 / 3``."""
-    if ky >= _TERMWISE_SCHUR_MIN_LABELS:
+    if _forms_s_termwise(ky):
         forming = _TERMWISE_RATE * 2 * k1 * k2**2 * ky**2
     else:
         forming = k1 * k2**2 * ky**3
@@ -1443,16 +1449,16 @@ def _chunk_size(shape: torch.Size, element_size: int, method: str, device: torch
     same whatever its size, so the budgets are ``_ACCELERATOR_CHUNK_SCALE`` times larger: 1,024
     distributions a chunk at 20^3 instead of 16. A dense factorisation then holds three tensors
     the size of the blocks (the blocks or the term-by-term factors, ``W`` or a second factor,
-    and S), so a chunk's peak is a few GiB: about 4 GiB
-    at 20^3 and 7 GiB at 32^3 where the adaptive path turns dense (by the tensors' sizes). Not
-    measured on a GPU yet (none was lent): ``benchmarks/gpu_check.py`` times it.
+    and S), so a chunk's peak is a few GiB: about 4 GiB at 20^3 and 7 GiB at 32^3 where the
+    adaptive path turns dense (by the tensors' sizes). Not measured on a GPU yet (none was
+    lent): ``benchmarks/gpu_check.py`` times it.
     """
     _, k1, k2, ky = shape
     scale = 1 if device.type == "cpu" else _ACCELERATOR_CHUNK_SCALE
     cells = k1 * k2 * ky * element_size
     if method == "dense":
         # The term-by-term S (_coupled_schur) also builds a (K1, K2, K2, Ky) factor (K2 <= K1).
-        width = max(ky, min(k1, k2)) if ky >= _TERMWISE_SCHUR_MIN_LABELS else ky
+        width = max(ky, min(k1, k2)) if _forms_s_termwise(ky) else ky
         return max(1, scale * _CHUNK_BYTES // (cells * width))
     return max(1, scale * _ITERATIVE_CHUNK_BYTES // cells)
 
