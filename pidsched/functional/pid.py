@@ -353,6 +353,12 @@ def _reduced_duals(shape: torch.Size) -> int:
     return min(k1, k2) * ky
 
 
+def _dense_affordable(shape: torch.Size) -> bool:
+    """Whether a dense factorisation of joints shaped ``(..., K1, K2, Ky)`` is affordable as a
+    fallback or rescue: up to ``_DENSE_FALLBACK_DUALS`` reduced duals."""
+    return _reduced_duals(shape) <= _DENSE_FALLBACK_DUALS
+
+
 def _rescue(method: str, shape: torch.Size) -> tuple[str, ...]:
     """The other Newton path, on which ``"auto"`` solves again a distribution that misses ``tol``
     on its own (near float64's limit the two stall at different points: docs/method.md, "Hard
@@ -362,7 +368,7 @@ def _rescue(method: str, shape: torch.Size) -> tuple[str, ...]:
         return ()
     if _choose_method(method, shape) == "dense":
         return ("iterative",)
-    return ("dense",) if _reduced_duals(shape) <= _DENSE_FALLBACK_DUALS else ()
+    return ("dense",) if _dense_affordable(shape) else ()
 
 
 def _solve_robustly(
@@ -1092,7 +1098,7 @@ def _iterative_newton(
         schur_blocks = (d_blocks - _coupled_blocks(cond, mass_cond, kappa, chol_a)) * keep
         preconditioner = torch.cholesky_inverse(_cholesky(schur_blocks + frozen))
     gauge = allowed_b - prob.free_b  # free_b is the allowed cells less one gauge cell per label
-    affordable = _reduced_duals(cond.shape) <= _DENSE_FALLBACK_DUALS
+    affordable = _dense_affordable(cond.shape)
     return _IterativeNewton(
         cond,
         mass_cond,
@@ -1122,7 +1128,7 @@ def _cg_budget(prob: _Problem) -> int | None:
     operations' fixed cost alone, which a batch shares: on single probes of 16 to 31 classes the
     best budget was ``_SINGLE_CG_STEP_COST`` times smaller. ``K2 <= K1`` here (see _solve_dual).
     """
-    if _reduced_duals(prob.p.shape) > _DENSE_FALLBACK_DUALS:
+    if not _dense_affordable(prob.p.shape):
         return None
     bsz, k1, k2, ky = prob.p.shape
     steps = _CG_STEPS_PER_FACTORISATION * _factorisation_work(k1, k2, ky) / (k1 * k2 * ky)
