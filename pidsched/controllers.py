@@ -26,7 +26,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from pidsched._checks import check_int_at_least
 from pidsched.stages import STAGE_JOINT, STAGE_UNIMODAL
@@ -40,6 +40,8 @@ __all__ = [
     "JointController",
     "MIController",
     "PIDController",
+    "StageOneBudget",
+    "stage_one_budget",
 ]
 
 
@@ -97,6 +99,34 @@ class Controller(ABC):
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:  # noqa: B027
         """Restore the state returned by :meth:`state_dict` (stateless controllers ignore it)."""
+
+
+class StageOneBudget(NamedTuple):
+    """A controller's stage-1 epoch budget.
+
+    Attributes:
+        attribute: the controller's argument that sets it (``max_unimodal_epochs``,
+            ``unimodal_epochs``).
+        epochs: the budget, in training epochs.
+        exact: True when stage 1 always lasts that long (:class:`FixedController`), False when it
+            is the most it may last (the rule-based controllers may end it earlier).
+    """
+
+    attribute: str
+    epochs: int
+    exact: bool
+
+
+def stage_one_budget(controller: Controller) -> StageOneBudget | None:
+    """The stage-1 budget of ``controller``; None without stage 1 or without a known budget (a
+    custom controller with neither ``max_unimodal_epochs`` nor ``unimodal_epochs``)."""
+    if controller.initial_stage != STAGE_UNIMODAL:
+        return None
+    if hasattr(controller, "max_unimodal_epochs"):
+        return StageOneBudget("max_unimodal_epochs", int(controller.max_unimodal_epochs), False)
+    if hasattr(controller, "unimodal_epochs"):
+        return StageOneBudget("unimodal_epochs", int(controller.unimodal_epochs), True)
+    return None
 
 
 def _check_non_negative_int(name: str, value: Any) -> int:

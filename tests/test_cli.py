@@ -16,10 +16,16 @@ import torch
 from _audiovisual_helpers import make_cremad
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 
-from pidsched.cli.checks import ENCODER_FOR_KIND, EXIT_CONFIG_ERROR, ConfigError
+from pidsched.cli.checks import (
+    ENCODER_FOR_KIND,
+    EXIT_CONFIG_ERROR,
+    ConfigError,
+    check_group_nodes,
+)
 from pidsched.cli.selection import JointStageCheckpoint
-from pidsched.cli.train import build_encoders, format_summary
+from pidsched.cli.train import build_encoders, format_summary, group_options
 from pidsched.data import MFeatDataModule
 
 COMMAND = shutil.which("pidsched-train") or str(Path(sys.executable).with_name("pidsched-train"))
@@ -46,9 +52,10 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def run_command(
-    args: list[str], cwd: Path, timeout: int = 300, returncode: int = 0
+    args: list[str], cwd: Path, timeout: int = 300, returncode: int = 0, warn: bool = False
 ) -> subprocess.CompletedProcess:
-    env = dict(os.environ, WANDB_MODE="disabled", PYTHONWARNINGS="ignore")
+    """``pidsched-train args`` in ``cwd``; Python's warnings are silenced unless ``warn``."""
+    env = dict(os.environ, WANDB_MODE="disabled", PYTHONWARNINGS="default" if warn else "ignore")
     result = subprocess.run(
         [COMMAND, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -176,6 +183,43 @@ def test_missing_encoder_is_named():
     with pytest.raises(ValueError, match=r"modality 'fou' \(kind 'vector'\)"):
         build_encoders({"audio": cfg.model.encoder.vector}, MFeatDataModule())
     GlobalHydra.instance().clear()
+
+
+def checked_composition(overrides: list[str]) -> None:
+    """Compose ``overrides`` as ``pidsched-train`` does and run its group-node check."""
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="pidsched.conf", version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+            check_group_nodes(cfg, cfg.hydra.runtime.choices, group_options)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("model.fusion=film", "model/fusion=film (options: concat, film, gated, sum)"),
+        (
+            "model.encoder.vector=resnet18_audio",
+            "model/encoder@model.encoder.vector=resnet18_audio (options: mlp, resnet18_audio, "
+            "resnet18_visual)",
+        ),
+        ("model.fusion=attention", "model/fusion=<one of concat, film, gated, sum>"),
+    ],
+)
+def test_a_group_option_set_as_a_key_names_the_slash_override(override, named):
+    with pytest.raises(ConfigError) as caught:
+        checked_composition([override])
+    key = override.split("=")[0]
+    assert str(caught.value).startswith(f"{override} sets the key {key} to a plain value")
+    assert named in str(caught.value)
+
+
+def test_group_choices_and_values_below_them_pass_the_group_node_check():
+    checked_composition([])
+    checked_composition(["model/fusion=film", "model.encoder.vector.output_dim=8", "data=mfeat"])
+    checked_composition(["~logger", "callbacks.report=null"])
 
 
 def test_name_entries_win_over_kind_entries():
@@ -315,6 +359,26 @@ def test_config_errors_speak_cli_and_their_fix_works(case, tmp_path, cremad_root
     assert (run_dir / "summary.json").is_file()
 
 
+@pytest.mark.slow
+def test_a_group_option_set_as_a_key_fails_in_cli_terms_and_its_fix_runs(tmp_path):
+    """``model.fusion=film``: one message, exit status 2; the override it names, given instead,
+    trains with the FiLM head."""
+    failed = run_command(
+        ["model.fusion=film", f"hydra.run.dir={tmp_path / 'bad'}", *TINY],
+        cwd=tmp_path,
+        returncode=EXIT_CONFIG_ERROR,
+    )
+    assert "Traceback" not in failed.stderr and "HYDRA_FULL_ERROR" not in failed.stderr
+    message = failed.stderr.strip().splitlines()[-1]
+    fix = re.search(r"instead: (\S+) \(options", message).group(1)
+    assert fix == "model/fusion=film"
+    run_dir = tmp_path / "fixed"
+    run_command([fix, "schedule=joint", f"hydra.run.dir={run_dir}", *TINY], cwd=tmp_path)
+    composed = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    assert composed.model.fusion._target_ == "pidsched.models.fusion.FiLMFusion"
+    assert (run_dir / "summary.json").is_file()
+
+
 def test_encoder_hints_name_shipped_options():
     for kind, option in ENCODER_FOR_KIND.items():
         assert (CONF / "model" / "encoder" / f"{option}.yaml").is_file(), kind
@@ -326,10 +390,14 @@ def test_stage_two_out_of_reach_is_warned_and_marked(tmp_path):
     warning's own shorter-stage-1 override then reaches stage 2."""
     short = ["experiment=mfeat", "trainer.max_epochs=2", *TINY[1:]]
     run_dir = tmp_path / "short"
-    result = run_command([*short, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    result = run_command([*short, f"hydra.run.dir={run_dir}"], cwd=tmp_path, warn=True)
     output = result.stdout + result.stderr
     warning = next(line for line in output.splitlines() if "stage-1 budget" in line)
     assert "trainer.max_epochs>20" in warning
+    # Said once, in the command line's terms: the callback's Python-syntax warnings of the same
+    # thing (at setup and at the end of the fit) are left out.
+    assert output.count("stage-1 budget") == 1
+    assert "Trainer(max_epochs" not in output and "The fit ended in stage 1" not in output
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["stage2_reached"] is False and summary["switch_epoch"] is None
     assert "untrained head, stage 2 never started" in result.stdout

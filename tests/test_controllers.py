@@ -12,6 +12,8 @@ from pidsched.controllers import (
     JointController,
     MIController,
     PIDController,
+    StageOneBudget,
+    stage_one_budget,
 )
 
 
@@ -387,3 +389,16 @@ def test_pid_evidence_adds_the_bootstrap_share_to_pid():
     assert evidence.num_bootstrap == 50
     assert {**evidence.controller, "confidence": None} == dict(pid.controller)
     assert instantiate(evidence.controller).needs_replicates
+
+
+def test_stage_one_budget_of_each_controller():
+    """The one budget both the callback's setup warning and pidsched-train's check read."""
+    assert stage_one_budget(PIDController(max_unimodal_epochs=12)) == StageOneBudget(
+        "max_unimodal_epochs", 12, False
+    )
+    with pytest.warns(FutureWarning, match="deprecated"):
+        mi = MIController(max_unimodal_epochs=7)
+    assert stage_one_budget(mi) == ("max_unimodal_epochs", 7, False)
+    assert stage_one_budget(FixedController(4)) == ("unimodal_epochs", 4, True)
+    assert stage_one_budget(FixedController(0)) is None  # joint from the first epoch
+    assert stage_one_budget(JointController()) is None

@@ -32,7 +32,7 @@ from typing_extensions import override
 
 from pidsched._checks import check_int_at_least, check_tolerance_bits
 from pidsched.callbacks.trainer_checks import check_trainer_features
-from pidsched.controllers import Controller, Decision, PIDController
+from pidsched.controllers import Controller, Decision, PIDController, stage_one_budget
 from pidsched.metrics.fastpid import FastPID
 from pidsched.metrics.multimodal import SCALAR_ATOMS, MultimodalPID, MultimodalPIDResult
 from pidsched.models.protocol import check_multimodal_module, modality_outputs
@@ -689,22 +689,17 @@ def _warn_on_jumping_monitors(trainer: Trainer) -> None:
 def _warn_if_stage_two_cannot_start(trainer: Trainer, controller: Controller) -> None:
     """Warn at setup when ``max_epochs`` ends the fit before stage 1 surely ends."""
     max_epochs = trainer.max_epochs
-    if controller.initial_stage != STAGE_UNIMODAL or max_epochs is None or max_epochs < 0:
+    budget = stage_one_budget(controller)
+    if budget is None or max_epochs is None or max_epochs < 0 or max_epochs > budget.epochs:
         return
-    # FixedController switches after exactly `unimodal_epochs`; the ratio controllers after at
-    # most `max_unimodal_epochs`, earlier only when synergy drops or the pauses switch enough.
-    fixed = getattr(controller, "unimodal_epochs", None)
-    budget = fixed if fixed is not None else getattr(controller, "max_unimodal_epochs", None)
-    if budget is None or max_epochs > budget:
-        return
-    if fixed is not None:
+    if budget.exact:
         outcome = "stage 2 never starts"
     else:
         outcome = "stage 2 starts only if synergy drops or the pauses switch often enough first"
     rank_zero_warn(
         f"Trainer(max_epochs={max_epochs}) is not above the stage-1 budget of "
-        f"{type(controller).__name__} ({budget} epochs): {outcome}, and without it the fusion "
-        "head stays untrained. Raise max_epochs or lower the stage-1 budget.",
+        f"{type(controller).__name__} ({budget.epochs} epochs): {outcome}, and without it the "
+        "fusion head stays untrained. Raise max_epochs or lower the stage-1 budget.",
         category=PIDScheduleWarning,
     )
 

@@ -8,13 +8,15 @@ cannot do what the schedule is for (stage 2 out of reach of the epoch budget) ge
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
+from pidsched.controllers import stage_one_budget
 from pidsched.data.mfeat import MFEAT_VIEWS, MFeatDataModule
 
 EXIT_CONFIG_ERROR = 2
@@ -74,6 +76,45 @@ def data_setting(datamodule: Any) -> str:
     if isinstance(datamodule, MFeatDataModule):
         return views_override(datamodule.modality_names)
     return f"the data module's modalities {list(datamodule.modality_names)}"
+
+
+def check_group_nodes(
+    cfg: Any, choices: Mapping[str, str | None], options_of: Callable[[str], Sequence[str]]
+) -> None:
+    """Raise where a dotted override put a plain value in place of a config group's config.
+
+    ``model.fusion=film`` sets the key ``model.fusion`` to the string ``"film"``, and Hydra only
+    fails later, on instantiating a string, with a message that names neither the key nor the
+    fix. A group's option is chosen with its slash path (``model/fusion=film``, or
+    ``model/encoder@model.encoder.vector=mlp`` for a group placed at another key).
+
+    Args:
+        cfg: the composed config.
+        choices: Hydra's ``runtime.choices``, defaults-list entry (``group`` or
+            ``group@package``) -> chosen option; Hydra's own groups (``hydra/...``) are skipped.
+        options_of: the options of a group (``"model/fusion"`` -> ``["concat", ...]``), listed in
+            the message; an empty list leaves them out.
+    """
+    for entry, choice in choices.items():
+        group, _, package = entry.partition("@")
+        if choice is None or group.split("/")[0] == "hydra":
+            continue
+        key = package or group.replace("/", ".")
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is None or OmegaConf.is_config(value) or isinstance(value, Mapping):
+            continue
+        options = list(options_of(group))
+        if not options or str(value) in options:
+            fix = f"choose the option with a slash instead: {entry}={value}"
+            fix += f" (options: {', '.join(options)})" if options else ""
+        else:
+            fix = f"{value} is none of its options; choose one with a slash: {entry}=" + (
+                f"<one of {', '.join(options)}>"
+            )
+        raise ConfigError(
+            f"{key}={value} sets the key {key} to a plain value, but {key} holds the config "
+            f"chosen from the group {group}; {fix}."
+        )
 
 
 def check_modality_count(datamodule: Any) -> None:
@@ -143,21 +184,6 @@ def missing_encoder_message(missing: Mapping[str, str], encoder_cfg: Mapping[str
         f"Add one per kind: {additions} (options are the files of conf/model/encoder/; a "
         f"modality name instead of the kind sets that modality alone)."
     )
-
-
-def stage_one_budget(controller: Any) -> tuple[str, int, bool] | None:
-    """``(key, epochs, exact)`` of a controller's stage-1 epoch budget, None without stage 1.
-
-    ``exact`` is True when stage 1 always lasts that long (``FixedController``), False when it is
-    the most it may last (the PID and MI rules may end it earlier).
-    """
-    if controller.initial_stage == "joint":
-        return None
-    if hasattr(controller, "max_unimodal_epochs"):
-        return "max_unimodal_epochs", int(controller.max_unimodal_epochs), False
-    if hasattr(controller, "unimodal_epochs"):
-        return "unimodal_epochs", int(controller.unimodal_epochs), True
-    return None
 
 
 def stage_two_warning(

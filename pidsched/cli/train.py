@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -41,10 +43,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 from torch import nn
 
+from pidsched.callbacks import PIDScheduleWarning
 from pidsched.cli.checks import (
     EXIT_CONFIG_ERROR,
     ConfigError,
     check_fusion,
+    check_group_nodes,
     check_modality_count,
     missing_encoder_message,
     settings_of,
@@ -55,6 +59,12 @@ from pidsched.cli.selection import JOINT_STAGE, JointStageCheckpoint
 from pidsched.viz.history import HISTORY_JSON_NAME, RunHistory, write_history_json
 
 SUMMARY_NAME = "summary.json"
+# The callback's own warnings that stage 2 is out of reach (regular expressions matched at the
+# start of a message), which a run that warned in command-line terms leaves out.
+STAGE_TWO_WARNINGS = (
+    r"Trainer\(max_epochs=\d+\) is not above the stage-1 budget",
+    r"The fit ended in stage 1",
+)
 CHECKPOINT_DIRNAME = "checkpoints"
 LAST_CHECKPOINT_NAME = "last.ckpt"
 
@@ -267,8 +277,18 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     return "\n".join(["", "pidsched-train summary", *lines, ""])
 
 
+def group_options(group: str) -> list[str]:
+    """The options of a config group (``"model/fusion"`` -> ``["concat", "film", ...]``) on the
+    app's search path; empty outside a Hydra run."""
+    hydra_instance = GlobalHydra.instance()
+    if not hydra_instance.is_initialized():
+        return []
+    return hydra_instance.config_loader().get_group_options(group)
+
+
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Run one experiment from a composed config; return the summary (also written to disk)."""
+    check_group_nodes(cfg, HydraConfig.get().runtime.choices, group_options)
     if cfg.get("cpu_threads"):
         torch.set_num_threads(int(cfg.cpu_threads))
     L.seed_everything(cfg.seed, workers=True)
@@ -313,7 +333,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     # Lightning's way to compile; the module then compiles only its pure tensor pieces.
     fitted = model if compile_kwargs is None else torch.compile(model, **compile_kwargs)
-    trainer.fit(fitted, datamodule=datamodule, ckpt_path=ckpt_path)
+    with warnings.catch_warnings():
+        if warning:
+            # Said above in the command line's terms; the callback says it again in Python's,
+            # at setup (Trainer(max_epochs=...)) and at the end of the fit (the summary marks it).
+            for said in STAGE_TWO_WARNINGS:
+                warnings.filterwarnings("ignore", message=said, category=PIDScheduleWarning)
+        trainer.fit(fitted, datamodule=datamodule, ckpt_path=ckpt_path)
     # trainer.test restores the selected checkpoint, callback states included, so everything
     # the summary reports about the fit is read before it.
     final_epoch = max(trainer.current_epoch - 1, 0)
