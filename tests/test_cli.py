@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from _audiovisual_helpers import make_cremad
+from _hydra_helpers import compose_run
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
@@ -25,7 +26,7 @@ from pidsched.cli.checks import (
     check_group_nodes,
 )
 from pidsched.cli.selection import JointStageCheckpoint
-from pidsched.cli.train import build_encoders, format_summary, group_options
+from pidsched.cli.train import build_encoders, format_summary, group_options, train
 from pidsched.data import MFeatDataModule
 
 COMMAND = shutil.which("pidsched-train") or str(Path(sys.executable).with_name("pidsched-train"))
@@ -377,6 +378,53 @@ def test_a_group_option_set_as_a_key_fails_in_cli_terms_and_its_fix_runs(tmp_pat
     composed = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     assert composed.model.fusion._target_ == "pidsched.models.fusion.FiLMFusion"
     assert (run_dir / "summary.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "said"),
+    [
+        (
+            ["data=arrays", "data.path={missing}"],
+            r"^the settings data\.\* were rejected: `path`=.* set data\.path to an existing",
+        ),
+        (
+            ["resume={missing}"],
+            r"^the settings resume, ckpt_path were rejected: cannot resume: .*last\.ckpt does "
+            "not exist",
+        ),
+        (["compile=yes"], r"^the settings compile were rejected: `compile` must be true, false"),
+    ],
+)
+def test_missing_paths_and_bad_run_settings_are_config_errors(overrides, said, tmp_path):
+    """Raised before training as ConfigError, which pidsched-train prints as one message with
+    exit status 2 (they used to end it with a traceback, or with Hydra's quoted one-liner)."""
+    missing = tmp_path / "missing"
+    cfg = compose_run([override.format(missing=missing) for override in overrides], tmp_path)
+    with pytest.raises(ConfigError, match=said):
+        train(cfg, tmp_path)
+
+
+@pytest.mark.slow
+def test_an_incomplete_data_root_is_said_in_lines_with_exit_status_2(tmp_path):
+    """The data module's expected layout and missing paths, as lines, not Hydra's quoted repr."""
+    failed = run_command(
+        [
+            "data=cremad",
+            f"data.root={tmp_path}",
+            "+model/encoder@model.encoder.audio=resnet18_audio",
+            "+model/encoder@model.encoder.visual=resnet18_visual",
+            f"hydra.run.dir={tmp_path / 'run'}",
+            *TINY,
+        ],
+        cwd=tmp_path,
+        returncode=EXIT_CONFIG_ERROR,
+    )
+    assert "Traceback" not in failed.stderr and "HYDRA_FULL_ERROR" not in failed.stderr
+    lines = failed.stderr.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("pidsched-train: error: "))
+    assert "the settings data.* were rejected" in lines[first]
+    assert "Missing:" in lines[first:] and f"  - {tmp_path / 'train.csv'}" in lines[first:]
+    assert lines[-1].startswith("(`pidsched-train --cfg job`")
 
 
 def test_encoder_hints_name_shipped_options():

@@ -29,29 +29,40 @@ class ConfigError(ValueError):
     """A composed config that cannot run; the message names the override that fixes it."""
 
 
+# How pidsched's constructors reject their arguments: a bad value, or a path that is not there
+# (a data root, an arrays file, a checkpoint to resume from).
+REJECTIONS = (ValueError, TypeError, FileNotFoundError, NotADirectoryError)
+
+
 @contextmanager
 def settings_of(keys: str) -> Iterator[None]:
-    """Turn a constructor's rejection of its arguments into a :class:`ConfigError`.
+    """Turn a constructor's rejection of its arguments (:data:`REJECTIONS`) into a
+    :class:`ConfigError`.
 
-    pidsched's constructors raise ``ValueError``/``TypeError`` naming the bad argument (Hydra
-    wraps them in ``InstantiationException``); the message adds ``keys``, the config keys the
-    arguments came from (``data.*``), so the fix is one override away. Other errors propagate.
+    pidsched's constructors raise ``ValueError``/``TypeError`` naming the bad argument, or
+    ``FileNotFoundError`` naming the missing path and what it should hold (Hydra wraps them in
+    ``InstantiationException``, and prints a multi-line message as one quoted line); the message
+    adds ``keys``, the config keys the arguments came from (``data.*``), so the fix is one
+    override away. Other errors propagate.
     """
     try:
         yield
     except ConfigError:
         raise
     except InstantiationException as error:
-        if not isinstance(error.__cause__, (ValueError, TypeError)):
+        if not isinstance(error.__cause__, REJECTIONS):
             raise
         raise ConfigError(rejection(keys, error.__cause__)) from None
-    except (ValueError, TypeError) as error:
+    except REJECTIONS as error:
         raise ConfigError(rejection(keys, error)) from None
 
 
 def rejection(keys: str, error: Exception) -> str:
+    said = str(error)
+    # A multi-line message (a data root's expected layout) gets the hint on a line of its own.
+    separator = "\n" if "\n" in said else " "
     return (
-        f"the settings {keys} were rejected: {error} "
+        f"the settings {keys} were rejected: {said}{separator}"
         "(`pidsched-train --cfg job` prints the composed config)."
     )
 

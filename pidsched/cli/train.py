@@ -293,8 +293,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         torch.set_num_threads(int(cfg.cpu_threads))
     L.seed_everything(cfg.seed, workers=True)
 
-    ckpt_path = resume_checkpoint(cfg, run_dir)
-    compile_kwargs = compile_arguments(cfg.get("compile"))
+    with settings_of("resume, ckpt_path"):
+        ckpt_path = resume_checkpoint(cfg, run_dir)
+    with settings_of("compile"):
+        compile_kwargs = compile_arguments(cfg.get("compile"))
     with settings_of("data.*"):
         datamodule = instantiate(cfg.data)
     check_modality_count(datamodule)
