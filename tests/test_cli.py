@@ -404,6 +404,26 @@ def test_missing_paths_and_bad_run_settings_are_config_errors(overrides, said, t
         train(cfg, tmp_path)
 
 
+def test_a_selection_monitor_validation_never_logs_fails_in_the_first_epoch(tmp_path):
+    """Checked at the first validation, inside stage 1, as a ConfigError naming the logged
+    metrics (it was a KeyError at the first joint-stage validation, after all of stage 1)."""
+    overrides = [
+        "selection.monitor=val/acc_fuse",
+        "trainer.max_epochs=20",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=2",
+        "callbacks.report=null",
+        "trainer.enable_progress_bar=false",
+    ]
+    with pytest.raises(
+        ConfigError,
+        match=r"^selection\.monitor=val/acc_fuse is not a metric .*"
+        r"val/acc_fused, .*selection\.monitor=val/acc_fused\.$",
+    ):
+        train(compose_run(overrides, tmp_path), tmp_path)
+    assert not (tmp_path / "checkpoints" / "last.ckpt").exists()  # no epoch finished
+
+
 @pytest.mark.slow
 def test_an_incomplete_data_root_is_said_in_lines_with_exit_status_2(tmp_path):
     """The data module's expected layout and missing paths, as lines, not Hydra's quoted repr."""

@@ -16,6 +16,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
 from typing_extensions import override
 
+from pidsched.cli.checks import ConfigError
+
 JOINT_STAGE = "joint"
 
 
@@ -37,7 +39,8 @@ class JointStageCheckpoint(Callback):
 
     Raises:
         ValueError: ``mode`` is neither ``"max"`` nor ``"min"``.
-        KeyError: (during fit) ``monitor`` was not logged in validation.
+        ConfigError: (a ``ValueError``, during fit) ``monitor`` was not logged in the first
+            validation of the fit.
 
     Example::
 
@@ -83,13 +86,16 @@ class JointStageCheckpoint(Callback):
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
+        # Checked from the first validation on, stage 1 included: a misspelt monitor fails after
+        # one epoch, not after the whole of stage 1.
+        if self.monitor not in trainer.callback_metrics:
+            raise ConfigError(
+                f"selection.monitor={self.monitor} is not a metric validation logs; logged: "
+                f"{', '.join(sorted(trainer.callback_metrics))}. Set selection.monitor to one of "
+                "them, e.g. selection.monitor=val/acc_fused."
+            )
         if self.scheduler.stage != JOINT_STAGE:
             return
-        if self.monitor not in trainer.callback_metrics:
-            raise KeyError(
-                f"selection monitors {self.monitor!r}, which validation did not log; logged: "
-                f"{sorted(trainer.callback_metrics)}. Set selection.monitor to one of them."
-            )
         epoch = trainer.current_epoch
         self.joint_epochs.append(epoch)
         score = float(trainer.callback_metrics[self.monitor])

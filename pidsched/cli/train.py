@@ -314,7 +314,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if warning:
         warn(warning)
     checkpoint_dir = run_dir / CHECKPOINT_DIRNAME
-    selection = JointStageCheckpoint(checkpoint_dir, scheduler, **cfg.selection)
+    with settings_of("selection.*"):
+        selection = JointStageCheckpoint(checkpoint_dir, scheduler, **cfg.selection)
     # Saved after the schedule's epoch-end decision, so a resumed fit starts from it.
     last = ModelCheckpoint(
         dirpath=checkpoint_dir, save_last=True, save_top_k=0, save_on_train_epoch_end=True
