@@ -457,6 +457,20 @@ def test_bad_joint_is_rejected(joint, match):
     assert "`joint`" in str(info.value)
 
 
+def test_an_empty_batch_gives_empty_results():
+    """As torch's reductions do: (0, K1, K2, Ky) in, atoms of shape (0,) out, gradients too; the
+    metric's bootstrap solves such a batch when no replicate drew a sample."""
+    joint = torch.rand(0, 3, 4, 2, dtype=torch.float64, requires_grad=True)
+    result = pid(joint)
+    assert result.synergy.shape == result.gap.shape == (0,) and result.iterations == 0
+    assert result.dual_1.shape == (0, 3, 2) and result.pair_mass.shape == (0, 3, 4)
+    result.synergy.sum().backward()
+    assert joint.grad.shape == joint.shape
+    assert pid(torch.rand(2, 0, 3, 4, 2), warm_start=None).unique_1.shape == (2, 0)
+    again = pid(joint.detach(), warm_start=result)
+    assert again.redundancy.shape == (0,)
+
+
 def test_zero_mass_inside_a_batch_is_rejected():
     joints = torch.rand(3, 2, 2, 2, dtype=torch.float64)
     joints[1] = 0

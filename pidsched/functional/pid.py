@@ -283,10 +283,13 @@ def pid(
     warm = _warm_duals(warm_start, p.shape)
 
     flat = p.detach().reshape(-1, k1, k2, ky)
-    path = _choose_method(method, p.shape)
-    solution = _solve_robustly(
-        flat, tol * LN2, max_iter, warm, path, _rescue(method, p.shape), adaptive=method == "auto"
-    )
+    if len(flat):
+        path = _choose_method(method, p.shape)
+        solution = _solve_robustly(
+            flat, tol * LN2, max_iter, warm, path, _rescue(method, p.shape), method == "auto"
+        )
+    else:  # an empty batch: empty results, as torch's reductions give
+        solution = _DualSolution.empty(flat)
     a = solution.a.reshape(*batch, k1, ky)
     b = solution.b.reshape(*batch, k2, ky)
 
@@ -623,6 +626,18 @@ class _DualSolution:
     pair_mass: Tensor  # (B, K1, K2) optimal q(x1, x2)
     gap: Tensor  # (B,) certified, nats
     iterations: int
+
+    @staticmethod
+    def empty(p: Tensor) -> _DualSolution:
+        """The solution of an empty batch ``p (0, K1, K2, Ky)``."""
+        _, k1, k2, ky = p.shape
+        return _DualSolution(
+            p.new_zeros(0, k1, ky),
+            p.new_zeros(0, k2, ky),
+            p.new_zeros(0, k1, k2),
+            p.new_zeros(0),
+            0,
+        )
 
     def rows(self, mask: Tensor) -> _DualSolution:
         """The distributions selected by ``mask (B,)``."""
