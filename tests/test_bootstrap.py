@@ -18,7 +18,7 @@ from pidsched.functional import (
     joint_from_logits,
     pid,
 )
-from pidsched.functional.bootstrap import INFLATION, INFORMATION_FIELDS, select_result
+from pidsched.functional.bootstrap import INFLATION, INFORMATION_FIELDS
 
 CLUSTERED = {"num_classes": 2, "num_clusters": 6, "num_components": 3, "seed": 1}
 
@@ -214,12 +214,12 @@ def test_replicate_states_equal_explicitly_weighted_joints(discretization):
     assert metric.bootstrap_state() == {"seed": 3, "draws": 2}
 
     result = metric.compute()
-    solved = pid(torch.cat([metric.joint[None], expected]))
-    assert_same_result(result, select_result(solved, 0), atol=1e-6)
+    assert_same_result(result, pid(metric.joint), atol=1e-6)
+    solved = pid(expected)
     assert result.replicates.synergy.shape == (16,)
     for name in INFORMATION_FIELDS:
         torch.testing.assert_close(
-            getattr(result.replicates, name), getattr(solved, name)[1:], rtol=0, atol=1e-6
+            getattr(result.replicates, name), getattr(solved, name), rtol=0, atol=1e-6
         )
 
 
@@ -271,11 +271,13 @@ def test_interval_width_shrinks_like_one_over_sqrt_n():
     assert bool((ratio > 1.5).all()) and bool((ratio < 2.7).all()), ratio
 
 
-def test_replicates_warm_start_from_the_last_solution(monkeypatch):
+def test_the_estimate_warm_starts_from_the_last_solution_and_the_replicates_start_cold(
+    monkeypatch,
+):
     passed = []
 
     def recording_pid(joint, *, tol, warm_start=None):
-        passed.append(warm_start)
+        passed.append((joint.shape, warm_start))
         return pid(joint, tol=tol, warm_start=warm_start)
 
     monkeypatch.setattr(fastpid_module, "pid", recording_pid)
@@ -286,15 +288,37 @@ def test_replicates_warm_start_from_the_last_solution(monkeypatch):
     metric.update(*correlated_logits(200, seed=11))
     second = metric.compute()
 
-    assert passed[0] is None
-    assert passed[1].dual_1.shape == (7, NUM_CLASSES, NUM_CLASSES)
-    for row in range(7):
-        assert torch.equal(passed[1].dual_1[row], first.dual_1)
-        assert torch.equal(passed[1].pair_mass[row], first.pair_mass)
+    square = (NUM_CLASSES,) * 3
+    # Each compute: the full sample, then the replicates as one batch, always cold.
+    assert [(shape, warm is None) for shape, warm in passed] == [
+        (square, True),
+        ((6, *square), True),
+        (square, False),
+        ((6, *square), True),
+    ]
+    warm = passed[2][1]
+    assert torch.equal(warm.dual_1, first.dual_1) and torch.equal(warm.pair_mass, first.pair_mass)
     assert metric._last_result.replicates is None  # only the estimate's duals are kept
     assert torch.equal(metric.warm_start_state()["dual_1"], second.dual_1)
-    cold = pid(torch.cat([metric.joint[None], metric.replicate_joint]))
-    torch.testing.assert_close(second.replicates.synergy, cold.synergy[1:], rtol=0, atol=1e-6)
+    cold = pid(metric.replicate_joint)
+    torch.testing.assert_close(second.replicates.synergy, cold.synergy, rtol=0, atol=1e-6)
+
+
+def test_replicates_that_drew_no_sample_are_nan_even_all_of_them():
+    def computed(empty: list[int]):
+        metric = FastPID(NUM_CLASSES, num_bootstrap=3)
+        metric.update(*correlated_logits(40, seed=14))
+        # As if these replicates drew multiplicity 0 for every sample (probability exp(-N)).
+        metric.replicate_joint[empty] = 0.0
+        return metric.compute(), metric.replicate_joint
+
+    result, _ = computed([0, 1, 2])
+    assert result.replicates.synergy.shape == (3,)
+    assert torch.isnan(result.replicates.synergy).all() and torch.isfinite(result.synergy)
+    result, replicate_joint = computed([0, 2])
+    assert torch.isnan(result.replicates.synergy[[0, 2]]).all()
+    expected = pid(replicate_joint[1]).synergy
+    torch.testing.assert_close(result.replicates.synergy[1], expected, rtol=0, atol=1e-6)
 
 
 def test_resumed_bootstrap_repeats_the_uninterrupted_draws():

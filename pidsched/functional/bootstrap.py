@@ -22,7 +22,6 @@ conservative (98-99 %) at 1,000. See docs/method.md, "Bootstrap intervals", for 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import fields, replace
 
 import torch
 from torch import Tensor
@@ -76,16 +75,6 @@ def check_level(level: object) -> None:
             f"Expected argument `level` (the nominal coverage of the interval) to be a number in "
             f"(0, 1), for example 0.9, but got {level!r}."
         )
-
-
-def select_result(result: PIDResult, index) -> PIDResult:
-    """``result`` with every tensor field indexed by ``index`` along its batch dims."""
-    values = {}
-    for field in fields(result):
-        value = getattr(result, field.name)
-        if isinstance(value, Tensor):
-            values[field.name] = value[index]
-    return replace(result, **values)
 
 
 def bootstrap_interval(

@@ -22,7 +22,7 @@ from torchmetrics.utilities import dim_zero_cat, rank_zero_warn
 from typing_extensions import override
 
 from pidsched._checks import check_int_at_least, check_tolerance_bits
-from pidsched.functional.bootstrap import INFORMATION_FIELDS, bootstrap_weights, select_result
+from pidsched.functional.bootstrap import INFORMATION_FIELDS, bootstrap_weights
 from pidsched.functional.discretize import (
     Discretization,
     _joint_from_features_arg_validation,
@@ -112,22 +112,24 @@ class _PIDMetric(Metric):
     def _decompose_with_replicates(
         self, joint: Tensor, replicate_joints: Tensor, warm_start: PIDResult | None
     ) -> PIDResult:
-        """Decompose ``joint`` and its ``(B, K1, K2, Ky)`` replicates as one batch.
+        """Decompose ``joint`` (from ``warm_start``) and its ``(B, K1, K2, Ky)`` replicates, these
+        as one batch started cold.
 
-        The replicates start from the full sample's warm start (they differ from it by sampling
-        noise only). A replicate that drew no samples at all (probability ``exp(-N)``) has NaN
-        atoms, which :func:`~pidsched.functional.bootstrap_interval` ignores.
+        A replicate's resampling noise moves ``p`` further than a probe moves from one epoch to
+        the next: started from the previous optimum, the interior point needed more iterations or
+        redid the start cold, and a warm compute of 64 replicates took 1.4-1.7x as long at 16-20
+        classes (docs/benchmarks.md, "Warm starts"). A replicate that drew no samples at all
+        (probability ``exp(-N)``) has NaN atoms, which
+        :func:`~pidsched.functional.bootstrap_interval` ignores.
         """
         if not bool(joint.sum() > 0):
             return self._no_samples_result()
-        joints = torch.cat([joint[None], replicate_joints])
-        solvable = joints.sum((1, 2, 3)) > 0
-        warm = None if warm_start is None else _expand_warm_start(warm_start, int(solvable.sum()))
-        solved = pid(joints[solvable], tol=self.tol, warm_start=warm)
+        result = pid(joint, tol=self.tol, warm_start=warm_start)
+        solvable = replicate_joints.sum((1, 2, 3)) > 0
+        replicates = pid(replicate_joints[solvable], tol=self.tol)
         if not bool(solvable.all()):
-            solved = _scatter_result(solved, solvable)
-        result = select_result(solved, 0)
-        result.replicates = select_result(solved, slice(1, None))
+            replicates = _scatter_result(replicates, solvable)
+        result.replicates = replicates
         return result
 
     def _no_samples_result(self) -> PIDResult:
@@ -150,17 +152,6 @@ def _process_rank() -> int:
     distributed = torch.distributed
     return (
         distributed.get_rank() if distributed.is_available() and distributed.is_initialized() else 0
-    )
-
-
-def _expand_warm_start(warm_start: PIDResult, size: int) -> PIDResult:
-    """A warm start of batch shape ``(size,)`` repeating a single result's duals."""
-    duals = {
-        name: getattr(warm_start, name).expand(size, *getattr(warm_start, name).shape)
-        for name in ("dual_1", "dual_2", "pair_mass")
-    }
-    return PIDResult(
-        **{name: getattr(warm_start, name) for name in _RESULT_BITS}, iterations=0, **duals
     )
 
 
@@ -204,8 +195,8 @@ class FastPID(_PIDMetric):
     syncs by summing. The draws come from a CPU generator named by ``(seed, rank, draw index)``
     (:func:`~pidsched.functional.bootstrap_weights`): independent across ranks, reproducible, the
     same on every device; :meth:`bootstrap_state` checkpoints the draw counter. ``compute`` then
-    solves the ``B + 1`` joints as one batch (replicates warm-started from the last full-sample
-    solution) and the result's ``replicates`` holds the ``(B,)`` replicate atoms, from which
+    solves the full sample (warm-started) and the ``B`` replicates as one batch (cold) and the
+    result's ``replicates`` holds the ``(B,)`` replicate atoms, from which
     ``result.interval(level)`` gives a bias-aware interval. The state is ``(B + 1) K^3`` float64
     (8 (B + 1) K^3 bytes) and an update costs ``O((B + 1) N K^2)``.
 
