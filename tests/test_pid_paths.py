@@ -136,6 +136,26 @@ def test_forcing_a_path_runs_it(method, monkeypatch):
         assert calls["iterative"] == 0
 
 
+def test_a_cg_solve_that_misses_its_forcing_falls_back_to_the_dense_factorisation(monkeypatch):
+    # One CG step per solve cannot reach the forcing term, so every Newton step of the forced
+    # iterative path falls back to the exact factorisation (affordable here). It certifies like
+    # the dense path, and the fallback reuses the blocks of A the iterative factor holds: A is
+    # factorised once per Newton step, not twice.
+    joint = _dirichlet((6, 5, 7), 0.5, 21)
+    monkeypatch.setattr(solver, "_MAX_CG", 1)
+    calls = _count_calls(monkeypatch)
+    a_blocks, factorise_a = [], solver._factorised_a_blocks
+    monkeypatch.setattr(
+        solver, "_factorised_a_blocks", lambda *args: a_blocks.append(1) or factorise_a(*args)
+    )
+    result = pid(joint, method="iterative")
+    assert result.gap.item() <= TOL
+    assert calls["iterative"] == result.iterations and calls["dense"] >= result.iterations - 1
+    assert len(a_blocks) == calls["iterative"]
+    dense = pid(joint, method="dense")
+    assert np.abs(_atoms(result) - _atoms(dense)).max() <= result.gap.item() + dense.gap.item()
+
+
 def test_auto_uses_the_dense_path_where_users_probe(monkeypatch):
     calls = _count_calls(monkeypatch)
     pid(_dirichlet((10, 10, 10), 0.5, 6))

@@ -840,9 +840,15 @@ class _NewtonFactor(_PairBlocks):
 
 
 def _factorise_newton(
-    cond: Tensor, pair_mass: Tensor, mass_per_slack: Tensor, prob: _Problem
+    cond: Tensor,
+    pair_mass: Tensor,
+    mass_per_slack: Tensor,
+    prob: _Problem,
+    chol_a: Tensor | None = None,
 ) -> _NewtonFactor:
-    """Factorise ``W + J^T diag(Q / s) J``, the Newton matrix in ``(a, b)``.
+    """Factorise ``W + J^T diag(Q / s) J``, the Newton matrix in ``(a, b)``; ``chol_a``: ``A``'s
+    blocks already factorised (:func:`_factorised_a_blocks`) for this point, as the iterative
+    path's factor holds them when its CG falls back here.
 
     Per pair, in ``c = a(x1) + b(x2)``, the block is ``Q diag(r) + (Q/s - Q) r r^T``: the Hessian of
     ``Q L`` plus the slack's Gauss-Newton term. It is summed onto the ``(a(x1), a(x1))``,
@@ -852,7 +858,8 @@ def _factorise_newton(
     kappa = mass_per_slack - pair_mass
     weighted = kappa[..., None] * cond  # kappa r; 0 on vacuous pairs
     mass_cond = pair_mass[..., None] * cond
-    chol_a = _factorised_a_blocks(weighted, cond, mass_cond, prob)
+    if chol_a is None:
+        chol_a = _factorised_a_blocks(weighted, cond, mass_cond, prob)
     whitened = None
     if _forms_s_termwise(ky):
         schur = _coupled_schur(cond, mass_cond, weighted, chol_a, prob.free_b).neg_()
@@ -1127,7 +1134,9 @@ def _iterative_newton(
         allowed_b.sum(1, keepdim=True).clamp_min(1.0),
         forcing,
         max_cg,
-        (lambda: _factorise_newton(cond, pair_mass, mass_per_slack, prob)) if affordable else None,
+        (lambda: _factorise_newton(cond, pair_mass, mass_per_slack, prob, chol_a))
+        if affordable
+        else None,
     )
 
 
