@@ -1957,7 +1957,7 @@ def _polish(p: Tensor, solution: _DualSolution, tol: float, max_iter: int) -> _D
     """
     prob = _Problem.from_joint(p)
     a, b = _fix_gauge(solution.a, solution.b, prob)
-    pair_mass = solution.pair_mass
+    pair_mass = solution.pair_mass.clone()  # stepped in place, row by row
     best = solution.copy()
     residual = _optimality_residual(a, b, pair_mass, prob)
     norm = residual.square().sum(1)
@@ -1967,23 +1967,32 @@ def _polish(p: Tensor, solution: _DualSolution, tol: float, max_iter: int) -> _D
         if not bool(moving.any()):
             break
         best.iterations += 1
-        jacobian = _optimality_jacobian(a, b, pair_mass, prob)
-        trial = _split_step(_damped_step(jacobian, residual, damping), a, b, pair_mass)
-        trial_residual = _optimality_residual(*trial, prob)
+        # Only the moving rows are stepped: a step is a dense least-squares solve of up to
+        # _POLISH_MAX_UNKNOWNS unknowns, and a row that certified or gave up has no use for it.
+        rows = moving.nonzero()[:, 0]
+        sub = prob.rows(rows)
+        point = (a[rows], b[rows], pair_mass[rows])
+        jacobian = _optimality_jacobian(*point, sub)
+        trial = _split_step(_damped_step(jacobian, residual[rows], damping[rows]), *point)
+        trial_residual = _optimality_residual(*trial, sub)
         trial_norm = torch.nan_to_num(trial_residual.square().sum(1), nan=math.inf)
-        accepted = moving & (trial_norm < norm)
-        a, b, pair_mass = (
-            torch.where(accepted.view(-1, 1, 1), t, v)
-            for t, v in zip(trial, (a, b, pair_mass), strict=True)
-        )
-        residual = torch.where(accepted[:, None], trial_residual, residual)
-        norm = torch.where(accepted, trial_norm, norm)
+        step_accepted = trial_norm < norm[rows]
+        accepted = torch.zeros_like(moving)
+        accepted[rows] = step_accepted
+        taken = rows[step_accepted]
+        for current, moved in zip((a, b, pair_mass), trial, strict=True):
+            current[taken] = moved[step_accepted]
+        residual[taken] = trial_residual[step_accepted]
+        norm[taken] = trial_norm[step_accepted]
         damping = torch.where(accepted, (damping / 10).clamp_min(_POLISH_DAMPING[2]), damping * 10)
-        feasible_q = prob.on_pairs(pair_mass.clamp_min(0.0))
-        a_feasible, b_feasible, gap = _certify(a, b, feasible_q, prob, _BALANCE_SWEEPS)
-        better = accepted & (gap < best.gap)
+        # Certify the rows that moved.
+        feasible_q = sub.on_pairs(pair_mass[rows].clamp_min(0.0))
+        a_feasible, b_feasible, gap = _certify(a[rows], b[rows], feasible_q, sub, _BALANCE_SWEEPS)
+        better = step_accepted & (gap < best.gap[rows])
+        certified = torch.zeros_like(moving)
+        certified[rows[better]] = True
         best.replace_rows(
-            better, _DualSolution(a_feasible, b_feasible, feasible_q, gap, 0).rows(better)
+            certified, _DualSolution(a_feasible, b_feasible, feasible_q, gap, 0).rows(better)
         )
     return best
 
