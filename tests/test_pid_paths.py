@@ -431,13 +431,13 @@ def test_the_polish_steps_only_the_rows_still_moving(monkeypatch):
     start = solver._solve_in_chunks(p, tol, 200, None, solver._Path("dense"))
     assert start.gap[0] > 10 * tol and start.gap[1] <= tol
     alone = solver._polish(p[:1], start.rows(torch.tensor([True, False])), tol, 200)
-    stepped = []
-    jacobian = solver._optimality_jacobian
-    monkeypatch.setattr(
-        solver,
-        "_optimality_jacobian",
-        lambda a, *args: stepped.append(len(a)) or jacobian(a, *args),
-    )
+    stepped, jacobian = [], solver._optimality_jacobian
+
+    def recorded_jacobian(a, *args):  # the rows each step is taken for
+        stepped.append(len(a))
+        return jacobian(a, *args)
+
+    monkeypatch.setattr(solver, "_optimality_jacobian", recorded_jacobian)
     before = start.copy()
     polished = solver._polish(p, start, tol, 200)
     assert stepped and set(stepped) == {1} and polished.iterations == alone.iterations
