@@ -374,10 +374,13 @@ def test_a_group_option_set_as_a_key_fails_in_cli_terms_and_its_fix_runs(tmp_pat
     fix = re.search(r"instead: (\S+) \(options", message).group(1)
     assert fix == "model/fusion=film"
     run_dir = tmp_path / "fixed"
-    run_command([fix, "schedule=joint", f"hydra.run.dir={run_dir}", *TINY], cwd=tmp_path)
+    fixed = run_command([fix, "schedule=joint", f"hydra.run.dir={run_dir}", *TINY], cwd=tmp_path)
     composed = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     assert composed.model.fusion._target_ == "pidsched.models.fusion.FiLMFusion"
     assert (run_dir / "summary.json").is_file()
+    # The selected checkpoint is saved whole, and says so: no Lightning line about weights_only.
+    assert (run_dir / "checkpoints" / "best-epoch=000.ckpt").is_file()
+    assert "weights_only" not in fixed.stdout + fixed.stderr
 
 
 @pytest.mark.parametrize(

@@ -104,8 +104,10 @@ class JointStageCheckpoint(Callback):
         previous = self.best_path
         self.best_epoch, self.best_score = epoch, score
         self.best_path = str(self.dirpath / f"best-epoch={epoch:03d}.ckpt")
-        # Every rank calls save_checkpoint (it synchronises); only rank zero writes files.
-        trainer.save_checkpoint(self.best_path)
+        # Every rank calls save_checkpoint (it synchronises); only rank zero writes files. A full
+        # checkpoint (callbacks and optimisers too), said explicitly: Lightning 2.6 logs a line
+        # at every save that leaves weights_only unset.
+        trainer.save_checkpoint(self.best_path, weights_only=False)
         if previous and previous != self.best_path and trainer.is_global_zero:
             Path(previous).unlink(missing_ok=True)
 
