@@ -233,7 +233,8 @@ def test_name_entries_win_over_kind_entries():
 
 
 def test_selection_ignores_stage_one_and_says_why(tmp_path):
-    def save_checkpoint(path):
+    def save_checkpoint(path, weights_only):
+        assert weights_only is False  # the whole checkpoint: callbacks and optimisers too
         Path(path).write_text("checkpoint")
 
     scheduler = SimpleNamespace(stage="unimodal")
