@@ -1976,23 +1976,26 @@ def _polish(p: Tensor, solution: _DualSolution, tol: float, max_iter: int) -> _D
         trial = _split_step(_damped_step(jacobian, residual[rows], damping[rows]), *point)
         trial_residual = _optimality_residual(*trial, sub)
         trial_norm = torch.nan_to_num(trial_residual.square().sum(1), nan=math.inf)
-        step_accepted = trial_norm < norm[rows]
-        accepted = torch.zeros_like(moving)
-        accepted[rows] = step_accepted
-        taken = rows[step_accepted]
+        accepted = trial_norm < norm[rows]
+        taken = rows[accepted]
         for current, moved in zip((a, b, pair_mass), trial, strict=True):
-            current[taken] = moved[step_accepted]
-        residual[taken] = trial_residual[step_accepted]
-        norm[taken] = trial_norm[step_accepted]
-        damping = torch.where(accepted, (damping / 10).clamp_min(_POLISH_DAMPING[2]), damping * 10)
-        # Certify the rows that moved.
-        feasible_q = sub.on_pairs(pair_mass[rows].clamp_min(0.0))
-        a_feasible, b_feasible, gap = _certify(a[rows], b[rows], feasible_q, sub, _BALANCE_SWEEPS)
-        better = step_accepted & (gap < best.gap[rows])
-        certified = torch.zeros_like(moving)
-        certified[rows[better]] = True
+            current[taken] = moved[accepted]
+        residual[taken] = trial_residual[accepted]
+        norm[taken] = trial_norm[accepted]
+        damping[rows] = torch.where(
+            accepted, (damping[rows] / 10).clamp_min(_POLISH_DAMPING[2]), damping[rows] * 10
+        )
+        # Only the rows whose step was taken have a new point to certify.
+        moved_to = prob.rows(taken)
+        feasible_q = moved_to.on_pairs(pair_mass[taken].clamp_min(0.0))
+        a_feasible, b_feasible, gap = _certify(
+            a[taken], b[taken], feasible_q, moved_to, _BALANCE_SWEEPS
+        )
+        better = gap < best.gap[taken]
+        improved = torch.zeros_like(moving)
+        improved[taken[better]] = True
         best.replace_rows(
-            certified, _DualSolution(a_feasible, b_feasible, feasible_q, gap, 0).rows(better)
+            improved, _DualSolution(a_feasible, b_feasible, feasible_q, gap, 0).rows(better)
         )
     return best
 
