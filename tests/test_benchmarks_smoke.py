@@ -1,6 +1,6 @@
 """The benchmark scripts' smallest modes still run and report what docs/ quotes from them.
 
-The three scripts start together in a module fixture (each is mostly process start-up), and
+The scripts start together in a module fixture (each is mostly process start-up), and
 each test waits for its own.
 """
 
@@ -46,6 +46,7 @@ def finished(tmp_path_factory):
             "8x8x8:1,4x4x12",
         ],
         "spectrum": ["newton_spectrum.py", "--sizes", "4"],
+        "warm_starts": ["warm_starts.py", "--quick"],
     }
     env = dict(os.environ, WANDB_MODE="disabled", PYTHONWARNINGS="ignore")
     processes = {
@@ -149,3 +150,12 @@ def test_solver_names_a_bad_probe_spec(spec, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         solver_benchmark.parse_args(["--probes", spec])
     assert f"argument --probes: {spec!r} is not K1xK2xKy" in capsys.readouterr().err
+
+
+def test_warm_starts_quick_compares_both_kinds_of_next_solve(finished):
+    output = successful_output(finished, "warm_starts")
+    rows = [line.split("|")[1:-1] for line in output.splitlines() if line.startswith("| 4 |")]
+    assert [row[1].strip() for row in rows] == ["moved by 0.1", "bootstrap"]
+    for _, _, cold, warm, ratio in rows:
+        # "ms (iterations)" each, and the ratio of their sums.
+        assert float(cold.split()[0]) > 0 and float(warm.split()[0]) > 0 and float(ratio) > 0
