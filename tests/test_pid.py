@@ -127,6 +127,24 @@ def test_unnormalised_and_float32_input_is_normalised():
     assert _atoms(float32) == pytest.approx(expected, abs=1e-6)
 
 
+def test_float32_results_are_the_float64_solve_rounded():
+    # A joint whose Newton matrices, factorised in float32 arithmetic, raised a LinAlgError at the
+    # default tol (it did on 90 of 200 random 2-8-class joints): the solve runs in float64 and
+    # only the returned information is float32; the duals keep float64 for warm starts.
+    generator = torch.Generator().manual_seed(3)
+    shape = [int(k) for k in torch.randint(2, 9, (3,), generator=generator)]
+    joint = torch.rand(*shape, generator=generator, dtype=torch.float64) ** 3
+    exact = pid(joint)
+    rounded = pid(joint, dtype=torch.float32)
+    for name in (*ATOMS, "mutual_information", "gap"):
+        value = getattr(rounded, name)
+        assert value.dtype == torch.float32, name
+        assert value == getattr(exact, name).float(), name
+    assert rounded.gap <= TOL
+    assert rounded.dual_1.dtype == torch.float64
+    assert torch.equal(rounded.pair_mass, exact.pair_mass)
+
+
 # ---------------------------------------------------------------------------- against CVXPY
 
 
@@ -482,8 +500,12 @@ def test_bad_arguments_are_rejected():
     joint = _random_joint((2, 2, 2))
     with pytest.raises(ValueError, match="`tol`"):
         pid(joint, tol=0)
-    with pytest.raises(ValueError, match="`max_iter`"):
-        pid(joint, max_iter=0)
+    for max_iter in (0, 2.5, True):
+        with pytest.raises(ValueError, match="`max_iter`"):
+            pid(joint, max_iter=max_iter)
+    for dtype in (torch.float16, torch.bfloat16, torch.int64):
+        with pytest.raises(ValueError, match=r"`dtype` must be one of torch\.float64"):
+            pid(joint, dtype=dtype)
     with pytest.raises(ValueError, match="`warm_start`"):
         pid(_random_joint((3, 2, 2)), warm_start=pid(joint))
     with pytest.raises(TypeError, match="`joint`"):

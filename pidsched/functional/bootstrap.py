@@ -26,22 +26,12 @@ import hashlib
 import torch
 from torch import Tensor
 
-from pidsched.functional.pid import PIDResult
+from pidsched.functional.pid import INFORMATION_FIELDS, PIDResult
 
 __all__ = ["bootstrap_interval", "bootstrap_weights"]
 
 # How far beyond the reflected bootstrap quantiles the interval reaches (see the module docstring).
 INFLATION = 1.5
-# The PIDResult fields an interval is given for (bits; the certificate gap is carried over).
-INFORMATION_FIELDS = (
-    "unique_1",
-    "unique_2",
-    "redundancy",
-    "synergy",
-    "mutual_information",
-    "mutual_information_1",
-    "mutual_information_2",
-)
 
 
 def bootstrap_weights(num_bootstrap: int, num_samples: int, seed: int, *stream: int) -> Tensor:
