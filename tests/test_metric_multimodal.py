@@ -179,6 +179,8 @@ def test_certified_needs_finite_atoms_and_a_gap_within_tol():
     [
         ({"modality_names": ("a",)}, ValueError, "modality_names"),
         ({"modality_names": ("a", "a")}, ValueError, "modality_names"),
+        # A string would be read as one modality per character.
+        ({"modality_names": "ab"}, ValueError, "modality_names.*the string 'ab'"),
         ({"num_classes": 1}, ValueError, "num_classes"),
         ({"inputs": "probs"}, ValueError, "inputs"),
         ({"metric_factory": lambda num_classes: object()}, TypeError, "torchmetrics Metric"),
@@ -195,3 +197,33 @@ def test_update_needs_every_modality():
     values, target = _logits(("a", "c"))
     with pytest.raises(ValueError, match=r"modalities \['a', 'b'\].*\['a', 'c'\]"):
         metric.update(values, target)
+
+
+def test_forward_returns_the_batch_and_accumulates():
+    names = ("a", "b", "c")
+    values, target = _logits(names)
+    metric = MultimodalPID(names, NUM_CLASSES)
+    batch_results = []
+    for half in (slice(0, 100), slice(100, 200)):
+        batch_results.append(metric({m: v[half] for m, v in values.items()}, target[half]))
+    for half, batch_result in zip((slice(0, 100), slice(100, 200)), batch_results, strict=True):
+        alone = MultimodalPID(names, NUM_CLASSES)
+        alone.update({m: v[half] for m, v in values.items()}, target[half])
+        expected_batch = alone.compute()
+        assert _bits(batch_result.unique) == pytest.approx(
+            _bits(expected_batch.unique), abs=TWO_TOL
+        )
+        assert batch_result.synergy.item() == pytest.approx(
+            expected_batch.synergy.item(), abs=TWO_TOL
+        )
+    whole = MultimodalPID(names, NUM_CLASSES)
+    whole.update(values, target)
+    expected = whole.compute()
+    accumulated = metric.compute()
+    assert _bits(accumulated.unique) == pytest.approx(_bits(expected.unique), abs=TWO_TOL)
+    assert accumulated.synergy.item() == pytest.approx(expected.synergy.item(), abs=TWO_TOL)
+    assert batch_results[0].synergy.item() != pytest.approx(expected.synergy.item(), abs=1e-4)
+
+
+def _bits(per_modality):
+    return {name: value.item() for name, value in per_modality.items()}

@@ -91,6 +91,11 @@ class MultimodalPID(WrapperMetric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if isinstance(modality_names, str):
+            raise ValueError(
+                f"Expected argument `modality_names` to be a sequence of names, but got the string "
+                f"{modality_names!r}; pass a tuple such as ('audio', 'video')."
+            )
         names = tuple(modality_names)
         if len(names) < 2 or len(set(names)) != len(names):
             raise ValueError(
@@ -122,19 +127,33 @@ class MultimodalPID(WrapperMetric):
     @override
     def update(self, values: Mapping[str, Tensor], target: Tensor) -> None:
         """Fold one batch of every modality's outputs into the pair metrics."""
+        for metric, (first, second) in self._pair_inputs(values):
+            metric.update(first, second, target)
+
+    @override
+    def forward(self, values: Mapping[str, Tensor], target: Tensor) -> MultimodalPIDResult:
+        """Fold one batch into the pair metrics, as :meth:`update`, and return the PID of that
+        batch alone (each pair metric's ``forward``: torchmetrics' ``metric(...)`` contract)."""
+        pairs = self._pair_inputs(values)
+        return self._combine([metric(first, second, target) for metric, (first, second) in pairs])
+
+    @override
+    def compute(self) -> MultimodalPIDResult:
+        """Compute (and, under DDP, sync) every pair metric and combine their results."""
+        return self._combine([metric.compute() for metric in self.pair_metrics])
+
+    def _pair_inputs(self, values: Mapping[str, Tensor]) -> list[tuple[Metric, tuple[Tensor, ...]]]:
+        """Each pair metric with its ``(x_1, x_2)`` of ``values``, after checking the names."""
         if set(values) != set(self.modality_names):
             raise ValueError(
                 f"Expected `values` to hold the modalities {list(self.modality_names)}, but got "
                 f"{sorted(values)}."
             )
         pairs = one_vs_rest_inputs(values, self.modality_names, self.inputs)
-        for metric, (first, second) in zip(self.pair_metrics, pairs, strict=True):
-            metric.update(first, second, target)
+        return list(zip(self.pair_metrics, pairs, strict=True))
 
-    @override
-    def compute(self) -> MultimodalPIDResult:
-        """Compute (and, under DDP, sync) every pair metric and combine their results."""
-        results = [metric.compute() for metric in self.pair_metrics]
+    def _combine(self, results: list[Any]) -> MultimodalPIDResult:
+        """One result of the pair metrics' results (and of their replicates, where all have)."""
         pair_replicates = [getattr(result, "replicates", None) for result in results]
         replicates = (
             None
