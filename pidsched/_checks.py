@@ -22,3 +22,14 @@ def check_tolerance_bits(name: str, value: object) -> None:
             f"Expected argument `{name}` (the certified error bound of the PID atoms, bits) to "
             f"be a number in (0, 1), but got {value!r}; the solver's default is 1e-7."
         )
+
+
+def check_num_bootstrap(value: object, meaning: str) -> None:
+    """Raise unless ``value`` is 0 (no bootstrap) or an integer >= 2: an interval needs the
+    quantiles of two or more replicates."""
+    check_int_at_least("num_bootstrap", value, 0, meaning)
+    if value == 1:
+        raise ValueError(
+            "Expected argument `num_bootstrap` to be 0 (no bootstrap) or at least 2 (an interval "
+            "needs quantiles of two or more replicates), but got 1; use e.g. 64."
+        )

@@ -178,6 +178,8 @@ def test_interval_needs_replicates():
         ({"num_bootstrap": 1.5}, "`num_bootstrap`"),
         ({"num_bootstrap": "8"}, "`num_bootstrap`"),
         ({"num_bootstrap": True}, "`num_bootstrap`"),
+        # One replicate gives no interval (and compute() would squeeze its batch dim away).
+        ({"num_bootstrap": 1}, "`num_bootstrap` to be 0 .* or at least 2"),
         ({"seed": -1}, "`seed`"),
     ],
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from _lightning_helpers import (
     assert_states_equal,
     branch_state,
     loaders,
+    make_data,
     make_model,
     make_trainer,
     single_thread,  # noqa: F401  (fixture)
@@ -23,6 +25,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
+from torch.utils.data import DataLoader
 
 from pidsched import (
     FastPID,
@@ -300,6 +303,38 @@ def test_warns_when_a_monitor_jumps_at_the_switch(tmp_path):
         trainer.fit(make_model(), *loaders())
 
 
+@pytest.mark.parametrize("controller", [JointController(), FixedController(0)])
+def test_no_monitor_jumps_without_a_stage_one(controller):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(controller, 1, extra_callbacks=[EarlyStopping(monitor="val/loss")])
+    assert not [w for w in caught if "jumps at the stage switch" in str(w.message)]
+
+
+def test_pid_monitors_need_a_probe_at_every_validation(tmp_path):
+    callback = PIDSchedulerCallback(NUM_CLASSES, probe_every_n_epochs=2)
+    checkpoint = ModelCheckpoint(monitor="pid/synergy", mode="max", dirpath=tmp_path)
+    trainer = make_trainer(2, [callback, checkpoint], enable_checkpointing=True)
+    with pytest.raises(ValueError, match=r"'pid/synergy'.*check_val_every_n_epoch=2"):
+        trainer.fit(make_model(), *loaders())
+    early = EarlyStopping(monitor="pid/synergy", mode="max")
+    with pytest.raises(ValueError, match="EarlyStopping monitors 'pid/synergy'"):
+        make_trainer(2, [PIDSchedulerCallback(NUM_CLASSES, probe_every_n_epochs=2), early]).fit(
+            make_model(), *loaders()
+        )
+    # Validation only on probe epochs, or a lenient EarlyStopping, is fine.
+    checkpoint = ModelCheckpoint(monitor="pid/synergy", mode="max", dirpath=tmp_path)
+    callback = PIDSchedulerCallback(NUM_CLASSES, probe_every_n_epochs=2)
+    make_trainer(
+        2, [callback, checkpoint], enable_checkpointing=True, check_val_every_n_epoch=2
+    ).fit(make_model(), *loaders())
+    assert checkpoint.best_model_score is not None and len(callback.history) == 1
+    lenient = EarlyStopping(monitor="pid/synergy", mode="max", strict=False)
+    make_trainer(2, [PIDSchedulerCallback(NUM_CLASSES, probe_every_n_epochs=2), lenient]).fit(
+        make_model(), *loaders()
+    )
+
+
 # --- bad configurations ------------------------------------------------------------------------
 
 
@@ -327,8 +362,21 @@ def test_probe_epochs_must_be_validation_epochs():
         _fit_one_epoch(
             PIDSchedulerCallback(NUM_CLASSES, probe_every_n_epochs=3), check_val_every_n_epoch=2
         )
-    with pytest.raises(ValueError, match=r"val_check_interval=1\.0"):
-        _fit_one_epoch(PIDSchedulerCallback(NUM_CLASSES), val_check_interval=0.5)
+    # 1 (an int) validates after every training batch, though 1 == 1.0.
+    for interval in (0.5, 1):
+        with pytest.raises(ValueError, match=rf"val_check_interval=1\.0.*got {interval}\."):
+            _fit_one_epoch(PIDSchedulerCallback(NUM_CLASSES), val_check_interval=interval)
+
+
+def test_an_empty_validation_loader_fails_at_the_first_probe_epoch():
+    train, _ = loaders()
+    empty = DataLoader(make_data(num_samples=0), batch_size=8)
+    callback = PIDSchedulerCallback(
+        NUM_CLASSES, PIDController(min_unimodal_epochs=1, max_unimodal_epochs=2)
+    )
+    with pytest.raises(RuntimeError, match=r"no validation batch.*dataloader is not empty"):
+        make_trainer(3, [callback]).fit(make_model(), train, empty)
+    assert callback.history == [] and callback.stage == "unimodal"
 
 
 def test_num_classes_and_name_mismatches_fail_at_setup():

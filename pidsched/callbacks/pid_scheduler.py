@@ -30,7 +30,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from typing_extensions import override
 
-from pidsched._checks import check_int_at_least, check_tolerance_bits
+from pidsched._checks import check_int_at_least, check_num_bootstrap, check_tolerance_bits
 from pidsched.callbacks.trainer_checks import check_trainer_features
 from pidsched.controllers import Controller, Decision, PIDController, stage_one_budget
 from pidsched.metrics.fastpid import FastPID
@@ -48,6 +48,12 @@ _BOOTSTRAP_SEED = 0
 
 class PIDScheduleWarning(UserWarning):
     """A run configuration that works but probably does not do what was meant."""
+
+
+_NO_PROBE_BATCHES = (
+    "PIDSchedulerCallback probed but no validation batch reached it; check that the validation "
+    "dataloader is not empty and `limit_val_batches` is not 0."
+)
 
 
 class PIDSchedulerCallback(Callback):
@@ -127,9 +133,12 @@ class PIDSchedulerCallback(Callback):
     Raises:
         ValueError: an argument is out of range, or the controller needs replicates and
             ``num_bootstrap`` is 0 (at construction); the run is misconfigured (at setup: no
-            validation data, unsupported strategy, names or classes not matching); a validation
-            batch is not ``(inputs: dict[str, Tensor], target: Tensor)`` (at the first probe).
-        RuntimeError: this Lightning version lacks an internal attribute the setup checks read.
+            validation data, ``val_check_interval`` other than 1.0, unsupported strategy, names or
+            classes not matching, a ``ModelCheckpoint``/``EarlyStopping`` monitoring a ``pid/``
+            value while some validation epochs do not probe); a validation batch is not
+            ``(inputs: dict[str, Tensor], target: Tensor)`` (at the first probe).
+        RuntimeError: this Lightning version lacks an internal attribute the setup checks read;
+            a probe epoch's validation had no batches (an empty dataloader), at its end.
         TypeError: the module does not implement the protocol, or ``controller`` is not a
             :class:`~pidsched.controllers.Controller`.
 
@@ -243,7 +252,8 @@ class PIDSchedulerCallback(Callback):
             self._names = tuple(pl_module.modality_names)
             self.metric = self._make_metric()
             self._restore_metric_state()
-        _warn_on_jumping_monitors(trainer)
+        if self._stage == STAGE_UNIMODAL:  # without a stage 1 nothing jumps
+            _warn_on_jumping_monitors(trainer)
         _warn_if_stage_two_cannot_start(trainer, self.controller)
         self._module = pl_module
         # configure_optimizers runs after setup: the module must already be in its stage.
@@ -335,6 +345,10 @@ class PIDSchedulerCallback(Callback):
         epoch = trainer.current_epoch
         if self._stage != STAGE_UNIMODAL or self._switch_pending or self._decided_epoch == epoch:
             return
+        # Lightning skips a validation loop of no batches without a hook: the probe never ran.
+        batches = trainer.num_val_batches
+        if self._is_probe_epoch(trainer) and batches and sum(batches) == 0:
+            raise RuntimeError(_NO_PROBE_BATCHES)
         self._apply_decision(self.controller.decide(epoch + 1, None), pl_module, epoch)
 
     def _check_paused_branches_did_not_change(self, pl_module: LightningModule, epoch: int) -> None:
@@ -423,10 +437,7 @@ class PIDSchedulerCallback(Callback):
             return
         self._probing = False
         if self._probe_batches == 0:
-            raise RuntimeError(
-                "PIDSchedulerCallback probed but no validation batch reached it; check that the "
-                "validation dataloader is not empty and `limit_val_batches` is not 0."
-            )
+            raise RuntimeError(_NO_PROBE_BATCHES)
         self._update_metric()
         # compute() and callback_metrics sync across ranks: every rank must call them.
         result = self.metric.compute()
@@ -590,12 +601,7 @@ def _check_arguments(
         1,
         "validation samples held before one metric update; 1 updates on every batch",
     )
-    check_int_at_least("num_bootstrap", num_bootstrap, 0, "bootstrap replicates per probe")
-    if num_bootstrap == 1:
-        raise ValueError(
-            "`num_bootstrap` must be 0 (no bootstrap) or at least 2 (an interval needs quantiles "
-            "of two or more replicates), got 1; use e.g. 64."
-        )
+    check_num_bootstrap(num_bootstrap, "bootstrap replicates per probe")
     if metric_factory is not None and num_bootstrap != 0:
         raise ValueError(
             "`num_bootstrap` configures the default FastPID metric; with `metric_factory` "
@@ -656,15 +662,41 @@ def _check_validation(trainer: Trainer, pl_module: LightningModule, every_n: int
         )
     if trainer.limit_val_batches == 0:
         raise ValueError("PIDSchedulerCallback needs validation batches: `limit_val_batches` is 0.")
-    if trainer.val_check_interval != 1.0:
+    # An int counts training batches (1: validate after every batch), however equal to 1.0.
+    interval = trainer.val_check_interval
+    if isinstance(interval, int) or interval != 1.0:
         raise ValueError(
-            "PIDSchedulerCallback probes once per epoch: use Trainer(val_check_interval=1.0), got "
-            f"{trainer.val_check_interval!r}."
+            "PIDSchedulerCallback probes once per epoch: use Trainer(val_check_interval=1.0) (a "
+            f"float: an int counts training batches), got {interval!r}."
         )
     if trainer.check_val_every_n_epoch is None or every_n % trainer.check_val_every_n_epoch != 0:
         raise ValueError(
             f"validation must run on every probe epoch: `probe_every_n_epochs` ({every_n}) must be "
             f"a multiple of Trainer(check_val_every_n_epoch={trainer.check_val_every_n_epoch})."
+        )
+    _check_pid_monitors(trainer, every_n)
+
+
+def _check_pid_monitors(trainer: Trainer, every_n: int) -> None:
+    """Refuse a checkpoint or early-stopping callback that monitors a ``pid/`` value when some
+    validation epochs do not probe: Lightning fails on the first of them ("monitored key not
+    found"), because ``pid/`` values are logged only on probe epochs."""
+    if every_n == trainer.check_val_every_n_epoch:
+        return
+    for callback in trainer.callbacks:
+        if not isinstance(callback, (EarlyStopping, ModelCheckpoint)):
+            continue
+        monitor = callback.monitor
+        if monitor is None or not monitor.startswith("pid/"):
+            continue
+        if isinstance(callback, EarlyStopping) and not callback.strict:
+            continue  # a lenient EarlyStopping skips the epochs that lack its value
+        raise ValueError(
+            f"{type(callback).__name__} monitors {monitor!r}, which is logged only on probe "
+            f"epochs (every {every_n}), but validation runs every "
+            f"{trainer.check_val_every_n_epoch}: Lightning would stop at the first validation "
+            f"without a probe. Use Trainer(check_val_every_n_epoch={every_n}) or "
+            "probe_every_n_epochs equal to it."
         )
 
 

@@ -21,7 +21,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat, rank_zero_warn
 from typing_extensions import override
 
-from pidsched._checks import check_int_at_least, check_tolerance_bits
+from pidsched._checks import check_int_at_least, check_num_bootstrap, check_tolerance_bits
 from pidsched.functional.bootstrap import INFORMATION_FIELDS, bootstrap_weights
 from pidsched.functional.discretize import (
     Discretization,
@@ -58,9 +58,7 @@ class _PIDMetric(Metric):
         self.tol = float(tol)
 
     def _set_bootstrap(self, num_bootstrap: int, seed: int) -> None:
-        check_int_at_least(
-            "num_bootstrap", num_bootstrap, 0, "bootstrap replicates; 0 turns the bootstrap off"
-        )
+        check_num_bootstrap(num_bootstrap, "bootstrap replicates; 0 turns the bootstrap off")
         check_int_at_least("seed", seed, 0, "the seed of the k-means seeding and bootstrap draws")
         self.num_bootstrap = num_bootstrap
         self.seed = seed
@@ -213,8 +211,8 @@ class FastPID(_PIDMetric):
 
     Raises:
         ValueError: If ``num_classes`` is not an integer >= 2, ``discretization`` is unknown,
-            ``warm_start`` is not a bool, ``tol`` is not in (0, 1), or ``num_bootstrap`` or
-            ``seed`` is not a non-negative integer.
+            ``warm_start`` is not a bool, ``tol`` is not in (0, 1), ``num_bootstrap`` is not 0
+            or an integer >= 2, or ``seed`` is not a non-negative integer.
 
     Example::
 
