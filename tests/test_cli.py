@@ -139,7 +139,8 @@ def test_multirun_writes_one_directory_per_job(tmp_path):
     assert len(summaries) == 4
     jobs = {(s["schedule"], s["seed"]) for s in map(json.loads, map(Path.read_text, summaries))}
     assert jobs == {("joint", 0), ("joint", 1), ("fixed", 0), ("fixed", 1)}
-    assert len({p.parent for p in summaries}) == 4
+    # One directory per job, named by its number: override values may be paths or many.
+    assert sorted(p.parent.name for p in summaries) == ["0", "1", "2", "3"]
     # The summary and the history file agree on when stage 2 began: at once for joint (no
     # stage 1), after the one fixed unimodal epoch for fixed.
     for path in summaries:
@@ -263,6 +264,19 @@ def test_selection_ignores_stage_one_and_says_why(tmp_path):
     restored = JointStageCheckpoint(tmp_path, scheduler)
     restored.load_state_dict(selection.state_dict())
     assert restored.reason() == selection.reason()
+    assert restored.best_path == selection.best_path
+
+    # A copied run directory resumes with its own checkpoint and never deletes the original's.
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path, copy, ignore=shutil.ignore_patterns("copy"))
+    moved = JointStageCheckpoint(copy, scheduler)
+    moved.load_state_dict(selection.state_dict())
+    assert moved.best_path == str(copy / "best-epoch=002.ckpt")
+    scheduler.stage, trainer.current_epoch = "joint", 4
+    trainer.callback_metrics = {"val/acc_fused": torch.tensor(0.9)}
+    moved.on_validation_end(trainer, None)
+    assert sorted(p.name for p in copy.iterdir()) == ["best-epoch=004.ckpt"]
+    assert (tmp_path / "best-epoch=002.ckpt").is_file()
 
 
 def test_summary_table_reports_what_was_asked():
@@ -397,6 +411,12 @@ def test_a_group_option_set_as_a_key_fails_in_cli_terms_and_its_fix_runs(tmp_pat
             "not exist",
         ),
         (["compile=yes"], r"^the settings compile were rejected: `compile` must be true, false"),
+        # Lightning's TypeError (a traceback) for a misspelt key; a crash in the stage-2 check.
+        (
+            ["+trainer.max_epoch=2"],
+            r"^the settings trainer\.\* were rejected: .*unexpected keyword argument 'max_epoch'",
+        ),
+        (["trainer.max_epochs=two"], r"^trainer\.max_epochs=two is not an integer"),
     ],
 )
 def test_missing_paths_and_bad_run_settings_are_config_errors(overrides, said, tmp_path):

@@ -7,11 +7,19 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from _lightning_helpers import loaders, make_model, make_trainer
+from lightning.pytorch import Callback
 from omegaconf import OmegaConf
 from test_cli import QUIET, run_command
 
 from pidsched.cli.csv_history import read_metric_rows
-from pidsched.cli.train import compile_arguments, resume_checkpoint, resumed_run_dir
+from pidsched.cli.train import (
+    compile_arguments,
+    last_checkpoint,
+    resume_checkpoint,
+    resumed_run_dir,
+)
 
 MAX_EPOCHS = 6
 # The default experiment, small: stage 1 ends at epoch 3 at the latest (its budget).
@@ -106,9 +114,43 @@ def test_resume_errors_say_what_to_do(tmp_path):
     assert resume_checkpoint(cfg, tmp_path) == str(tmp_path / "checkpoints" / "last.ckpt")
 
 
+def test_a_rejected_resume_keeps_the_runs_saved_config(tmp_path):
+    """Hydra writes the command's config into the run's .hydra/ before the command is checked;
+    a rejected resume used to leave its own there, which load_run then rebuilt the run from."""
+    run_dir = tmp_path / "run"
+    saved = run_dir / ".hydra"
+    saved.mkdir(parents=True)
+    originals = {name: f"# the run's {name}\n" for name in ("config", "hydra", "overrides")}
+    for name, text in originals.items():
+        (saved / f"{name}.yaml").write_text(text)
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "last.ckpt").write_text("x")
+    both = [f"resume={run_dir}", f"ckpt_path={run_dir}/checkpoints/last.ckpt", "seed=7"]
+    rejected = run_command(both, tmp_path, returncode=2)
+    assert "not both" in rejected.stderr
+    assert {name: (saved / f"{name}.yaml").read_text() for name in originals} == originals
+
+
 def test_compile_key():
     assert compile_arguments(False) is None and compile_arguments(None) is None
     assert compile_arguments(True) == {}
     assert compile_arguments(OmegaConf.create({"backend": "eager"})) == {"backend": "eager"}
     with pytest.raises(TypeError, match="compile"):
         compile_arguments("yes")
+
+
+def test_last_ckpt_is_written_at_the_end_of_every_epoch(tmp_path):
+    """A fit that dies in its third epoch leaves the second's last.ckpt to resume from (with
+    Lightning 2.6's save_last=True and save_top_k=0 it appeared only when the fit ended)."""
+
+    class Crash(Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 2:
+                raise RuntimeError("interrupted")
+
+    checkpoints = tmp_path / "checkpoints"
+    trainer = make_trainer(5, [last_checkpoint(checkpoints), Crash()], enable_checkpointing=True)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        trainer.fit(make_model(), *loaders())
+    assert [p.name for p in checkpoints.iterdir()] == ["last.ckpt"]
+    assert torch.load(checkpoints / "last.ckpt", weights_only=False)["epoch"] == 1

@@ -139,5 +139,8 @@ class JointStageCheckpoint(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best_epoch = state_dict.get("best_epoch")
         self.best_score = state_dict.get("best_score")
-        self.best_path = state_dict.get("best_path")
+        # The file's name, in this run's checkpoint directory: a run directory copied or moved
+        # since must neither read nor delete the original's checkpoint.
+        best_path = state_dict.get("best_path")
+        self.best_path = None if best_path is None else str(self.dirpath / Path(best_path).name)
         self.joint_epochs = list(state_dict.get("joint_epochs", []))

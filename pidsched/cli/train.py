@@ -55,6 +55,7 @@ from pidsched.cli.checks import (
     stage_two_warning,
 )
 from pidsched.cli.csv_history import KeepCSVHistory
+from pidsched.cli.run_config import restore_run_config
 from pidsched.cli.selection import JOINT_STAGE, JointStageCheckpoint
 from pidsched.viz.history import HISTORY_JSON_NAME, RunHistory, write_history_json
 
@@ -85,6 +86,26 @@ def resumed_run_dir(resume: str | None, ckpt_path: str | None, fresh: str) -> st
 
 
 OmegaConf.register_new_resolver("pidsched_run_dir", resumed_run_dir, replace=True)
+
+
+def last_checkpoint(checkpoint_dir: Path) -> ModelCheckpoint:
+    """The callback that writes ``<checkpoint_dir>/last.ckpt`` at the end of every training epoch,
+    after the schedule's epoch-end decision, so a fit interrupted anywhere resumes from the last
+    finished epoch.
+
+    ``save_last=True`` with ``save_top_k=0`` would not do: Lightning 2.6 writes ``last`` only at
+    a step where a top-k checkpoint was saved, so that file appeared only when the fit ended. One
+    top-k checkpoint without a monitor, named ``last``, is the latest epoch's; without a version
+    counter it overwrites the file, also in a copied run directory that already holds one.
+    """
+    return ModelCheckpoint(
+        dirpath=checkpoint_dir,
+        filename=Path(LAST_CHECKPOINT_NAME).stem,
+        monitor=None,
+        save_top_k=1,
+        save_on_train_epoch_end=True,
+        enable_version_counter=False,
+    )
 
 
 def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
@@ -305,9 +326,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     with settings_of("schedule.*"):
         scheduler = instantiate(cfg.schedule, num_classes=int(datamodule.num_classes))
     schedule_name = HydraConfig.get().runtime.choices.get("schedule", "custom")
+    max_epochs = cfg.trainer.get("max_epochs")
+    if max_epochs is not None and (isinstance(max_epochs, bool) or not isinstance(max_epochs, int)):
+        raise ConfigError(
+            f"trainer.max_epochs={max_epochs} is not an integer; set e.g. trainer.max_epochs=30 "
+            "(or trainer.max_epochs=-1 with trainer.max_steps for no epoch limit)."
+        )
     warning = stage_two_warning(
         scheduler.controller,
-        cfg.trainer.get("max_epochs"),
+        max_epochs,
         cfg.get("stage1_max_epochs"),
         schedule_name,
     )
@@ -316,21 +343,19 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     checkpoint_dir = run_dir / CHECKPOINT_DIRNAME
     with settings_of("selection.*"):
         selection = JointStageCheckpoint(checkpoint_dir, scheduler, **cfg.selection)
-    # Saved after the schedule's epoch-end decision, so a resumed fit starts from it.
-    last = ModelCheckpoint(
-        dirpath=checkpoint_dir, save_last=True, save_top_k=0, save_on_train_epoch_end=True
-    )
+    last = last_checkpoint(checkpoint_dir)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     callbacks = [scheduler, selection, last, *build_extra_callbacks(cfg.get("callbacks"))]
     if isinstance(logger, CSVLogger):
         # Reads a resumed run's metrics.csv before the logger deletes it (log_hyperparams below).
         callbacks.append(KeepCSVHistory(logger))
-    trainer = L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
-        default_root_dir=str(run_dir),
-        callbacks=callbacks,
-        logger=logger,
-    )
+    with settings_of("trainer.*"):  # a misspelt key (+trainer.max_epoch=2) or a bad value
+        trainer = L.Trainer(
+            **OmegaConf.to_container(cfg.trainer, resolve=True),
+            default_root_dir=str(run_dir),
+            callbacks=callbacks,
+            logger=logger,
+        )
     if logger:
         trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
@@ -389,8 +414,10 @@ def main(cfg: DictConfig) -> float | None:
     try:
         return train(cfg, run_dir)["selection_score"]
     except MissingMandatoryValue as error:
+        restore_run_config()
         fail(f"{error.full_key} has no value; set it on the command line: {error.full_key}=...")
     except ConfigError as error:
+        restore_run_config()  # a rejected resume leaves the run's own record of its config
         fail(str(error))
 
 
