@@ -209,6 +209,15 @@ def test_bad_files_say_what_the_file_holds(tmp_path, make_file, kwargs, error, m
         ArraysDataModule(make_file(tmp_path), **kwargs)
 
 
+def test_one_view_name_is_one_view_and_the_fix_names_the_files_arrays(tmp_path):
+    arrays = features()
+    path = save(tmp_path, {"text": arrays["text"], "image": arrays["audio"], "y": arrays["label"]})
+    # A single name is one view (it was split into characters), and the suggested fix names the
+    # file's own arrays, not audio and video.
+    with pytest.raises(ValueError, match=r"`views`=\['text'\].*data\.views=\[text,image\]"):
+        ArraysDataModule(path, views="text", label="y")
+
+
 @pytest.mark.slow
 def test_pidsched_train_on_your_own_file_and_reload_the_run(tmp_path):
     command = shutil.which("pidsched-train", path=str(Path(sys.executable).parent))

@@ -237,14 +237,23 @@ class ArraysDataModule(InMemoryMultimodalDataModule):
         split: str | None,
     ) -> tuple[str, ...]:
         reserved = {label, split} - {None}
-        names = tuple(n for n in arrays if n not in reserved) if views is None else tuple(views)
+        candidates = [n for n in arrays if n not in reserved]
+        # One name (data.views=audio) is a string: a tuple of it would be its characters.
+        names = (
+            tuple(candidates)
+            if views is None
+            else (views,)
+            if isinstance(views, str)
+            else tuple(views)
+        )
         unknown = [n for n in names if n not in arrays or n in reserved]
         if unknown or len(names) < 2 or len(set(names)) != len(names):
+            example = f"[{','.join(candidates[:2])}]" if len(candidates) >= 2 else "[audio,video]"
             raise ValueError(
                 f"`views`={list(names)} must name at least two distinct feature arrays, other "
                 f"than the label ({label!r}) and split ({split!r}) arrays; "
                 f"{str(self.path)!r} holds {_describe(arrays)}. "
-                "Set data.views, e.g. data.views=[audio,video]."
+                f"Set data.views, e.g. data.views={example}."
             )
         return names
 
