@@ -79,6 +79,33 @@ def test_the_fusion_module_given_is_the_one_used():
         make_model(fusion="sum")
 
 
+@pytest.mark.parametrize(
+    ("fusion", "match"),
+    [
+        # Built for two of the three modalities: the fused prediction ignored "c".
+        (ConcatFusion({"a": FEATURE_DIM, "b": FEATURE_DIM}, NUM_CLASSES), r"modalities \['c'\]"),
+        # Other class count: 12-way logits trained and failed only in the test metric.
+        (SumFusion(dict.fromkeys("abc", FEATURE_DIM), 12), r"shape \(2, 12\).*num_classes=3"),
+        (ConcatFusion({"p": 1, "q": 2, "r": 3}, NUM_CLASSES), "failed on features of sizes"),
+        (ConcatFusion(dict.fromkeys("abc", FEATURE_DIM + 1), NUM_CLASSES), "failed on features"),
+    ],
+    ids=["ignores-a-modality", "other-classes", "other-names", "other-sizes"],
+)
+def test_a_fusion_head_that_does_not_fit_the_model_is_refused(fusion, match):
+    with pytest.raises(ValueError, match=match):
+        make_model(("a", "b", "c"), fusion=fusion)
+
+
+def test_the_fusion_check_leaves_batchnorm_statistics_alone():
+    head = ConcatFusion({"a": FEATURE_DIM, "b": FEATURE_DIM}, NUM_CLASSES)
+    norm = nn.BatchNorm1d(NUM_CLASSES)
+    fusion = nn.ModuleList([head, norm])
+    fusion.forward = lambda features: norm(head(features))
+    model = make_model(fusion=fusion)
+    assert model.fusion.training and int(norm.num_batches_tracked) == 0
+    assert torch.equal(norm.running_mean, torch.zeros(NUM_CLASSES))
+
+
 def _batch(names=("a", "b"), n=8):
     torch.manual_seed(1)
     return {name: torch.randn(n, 6) for name in names}, torch.randint(0, NUM_CLASSES, (n,))
@@ -144,6 +171,9 @@ def test_set_training_stage_rejects_bad_calls():
         model.set_training_stage("fusion", frozenset())
     with pytest.raises(ValueError, match="not modalities"):
         model.set_training_stage("unimodal", {"z"})
+    # A string is refused, not read as its characters (a single-letter name would pass).
+    with pytest.raises(ValueError, match=r"the string 'a'; pass \{'a'\}"):
+        model.set_training_stage("unimodal", "a")
     with pytest.raises(ValueError, match="every modality"):
         model.set_training_stage("unimodal", {"a", "b"})
 

@@ -152,7 +152,8 @@ class MultimodalClassifier(PausableBranchesMixin, LightningModule):
     Raises:
         TypeError: ``encoders`` is not a mapping of modules, ``fusion`` is not a module, or an
             optimiser dict is malformed.
-        ValueError: names do not match, a size is out of range or a class name is unknown.
+        ValueError: names do not match, a size is out of range, a class name is unknown, or
+            ``fusion`` does not map every modality's features to ``(N, num_classes)`` logits.
 
     Example::
 
@@ -203,6 +204,7 @@ class MultimodalClassifier(PausableBranchesMixin, LightningModule):
             {name: nn.Linear(feature_dims[name], num_classes) for name in self.modality_names}
         )
         self.fusion = ConcatFusion(feature_dims, num_classes) if fusion is None else fusion
+        _check_fusion(self.fusion, feature_dims, num_classes)
         self.test_macro_f1 = nn.ModuleDict(
             {
                 head: MulticlassF1Score(num_classes, average="macro")
@@ -433,6 +435,69 @@ def _check_encoders(encoders: Any, feature_dims: Any) -> None:
         )
     for name, dim in feature_dims.items():
         check_int_at_least(f"feature_dims[{name!r}]", dim, 1, "the encoder's output size")
+
+
+class _ReadRecorder(Mapping[str, Tensor]):
+    """Features ``{m: Tensor}`` that remember which modalities a fusion head read."""
+
+    def __init__(self, values: Mapping[str, Tensor]) -> None:
+        self._values = dict(values)
+        self.read: set[str] = set()
+
+    def __getitem__(self, name: str) -> Tensor:
+        self.read.add(name)
+        return self._values[name]
+
+    def __iter__(self):
+        self.read.update(self._values)  # items() and values() go through here
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+def _check_fusion(fusion: nn.Module, feature_dims: Mapping[str, int], num_classes: int) -> None:
+    """Fuse two rows of zero features once: the head must read every modality and return
+    ``(2, num_classes)`` logits. A head built for other modalities or sizes otherwise trained
+    silently (a concat head of two of three modalities ignored the third; one of 12 classes for
+    10 failed only at test, in a metric).
+
+    Raises:
+        ValueError: the head fails on the features, ignores a modality or returns another shape.
+    """
+    parameter = next(fusion.parameters(), None)
+    like = {} if parameter is None else {"device": parameter.device, "dtype": parameter.dtype}
+    features = _ReadRecorder(
+        {name: torch.zeros(2, dim, **like) for name, dim in feature_dims.items()}
+    )
+    fix = (
+        "build it from the model's feature_dims and num_classes, e.g. "
+        "ConcatFusion(feature_dims, num_classes)"
+    )
+    was_training = fusion.training
+    fusion.eval()  # BatchNorm statistics must not see the zeros
+    try:
+        with torch.no_grad():
+            logits = fusion(features)
+    except (KeyError, RuntimeError, ValueError) as error:
+        raise ValueError(
+            f"`fusion` ({type(fusion).__name__}) failed on features of sizes "
+            f"{dict(feature_dims)}: {error!r}; {fix}."
+        ) from error
+    finally:
+        fusion.train(was_training)
+    ignored = sorted(set(feature_dims) - features.read)
+    if ignored:
+        raise ValueError(
+            f"`fusion` ({type(fusion).__name__}) does not read the modalities {ignored}: the fused "
+            f"prediction would ignore them; {fix}."
+        )
+    shape = tuple(getattr(logits, "shape", ()))
+    if shape != (2, num_classes):
+        raise ValueError(
+            f"`fusion` ({type(fusion).__name__}) returned shape {shape} for 2 samples, expected "
+            f"(2, num_classes={num_classes}) logits; {fix}."
+        )
 
 
 def _unpack_batch(batch: Any, names: Iterable[str]) -> tuple[Mapping[str, Tensor], Tensor]:

@@ -156,6 +156,11 @@ def check_stage(stage: str, paused: Collection[str], names: Sequence[str]) -> fr
     """
     if stage not in STAGES:
         raise ValueError(f"`stage` must be one of {STAGES}, got {stage!r}.")
+    if isinstance(paused, str):
+        raise ValueError(
+            f"`paused` must be a collection of modality names, got the string {paused!r}; pass "
+            f"{{{paused!r}}} to pause that branch."
+        )
     paused = frozenset(paused)
     unknown = paused - set(names)
     if unknown:
