@@ -5,6 +5,8 @@ Each raises ``ValueError`` naming the argument, what it means and what was expec
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 def check_int_at_least(name: str, value: object, minimum: int, meaning: str) -> None:
     """Raise unless ``value`` is a Python int (not bool) that is at least ``minimum``."""
@@ -33,3 +35,9 @@ def check_num_bootstrap(value: object, meaning: str) -> None:
             "Expected argument `num_bootstrap` to be 0 (no bootstrap) or at least 2 (an interval "
             "needs quantiles of two or more replicates), but got 1; use e.g. 64."
         )
+
+
+def as_names(value: str | Iterable[str]) -> tuple[str, ...]:
+    """``value`` as a tuple of names: one string is one name (``tuple("audio")`` would be its
+    characters, which is what a command line's ``data.views=audio`` gives otherwise)."""
+    return (value,) if isinstance(value, str) else tuple(value)

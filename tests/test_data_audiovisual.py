@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import struct
 
 import lightning as L
 import numpy as np
@@ -15,6 +16,7 @@ from _audiovisual_helpers import (
     make_kinetics_sounds,
     write_wav,
 )
+from scipy.io import wavfile
 
 from pidsched import FixedController, MultimodalClassifier, PIDSchedulerCallback
 from pidsched.data.audiovisual import (
@@ -66,6 +68,49 @@ def test_read_wav_decodes_pcm(tmp_path, width):
     decoded, rate = read_wav(tmp_path / "x.wav")
     assert rate == 8000
     np.testing.assert_allclose(decoded, samples, atol=1e-4)
+
+
+def _extensible_pcm24(path, samples, rate):
+    """A WAVE_FORMAT_EXTENSIBLE 24-bit PCM file, as ffmpeg writes above 16 bits (Python's wave
+    reads it only from 3.12)."""
+    ints = np.round(np.clip(samples, -1, 1) * (2**23 - 1)).astype("<i4")
+    data = ints.view(np.uint8).reshape(-1, 4)[:, :3].tobytes()
+    pcm_guid = bytes.fromhex("0100000000001000800000aa00389b71")
+    fmt = struct.pack("<HHIIHHHHI", 0xFFFE, 1, rate, rate * 3, 3, 24, 22, 24, 0x4) + pcm_guid
+    chunks = b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data))
+    body = b"WAVE" + chunks + data
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+
+
+def test_read_wav_decodes_float_and_extensible_headers(tmp_path):
+    samples = np.array([0.0, 0.5, -0.5, 0.25, -1.0])
+    wavfile.write(tmp_path / "float.wav", 8000, samples.astype(np.float32))  # torchaudio's default
+    _extensible_pcm24(tmp_path / "extensible.wav", samples, 8000)
+    for name in ("float.wav", "extensible.wav"):
+        decoded, rate = read_wav(tmp_path / name)
+        assert rate == 8000
+        np.testing.assert_allclose(decoded, samples, atol=1e-4)
+
+
+def test_an_unreadable_clip_is_named(tmp_path):
+    root = make_cremad(tmp_path, clips_per_class=2)
+    train = CremaDDataModule(root, val_fraction=0.5, image_size=32).split_dataset("train")
+    clip = train.clips[0].clip_id
+    (root / "AudioWAV" / f"{clip}.wav").write_bytes(b"")  # e.g. a download cut short
+    with pytest.raises(ValueError, match=f"cannot read the audio clip .*{clip}\\.wav"):
+        train[0]
+
+
+def test_empty_splits_are_refused(tmp_path):
+    root = make_cremad(tmp_path, clips_per_class=2)
+    (root / "test.csv").write_text("")
+    with pytest.raises(ValueError, match=r"test split file .*test\.csv lists no clips"):
+        CremaDDataModule(root, val_fraction=0.5)
+    root = make_cremad(tmp_path / "small", clips_per_class=2)
+    # 2 training clips per class: a tenth of each rounds to no validation clip at all.
+    with pytest.warns(UserWarning, match=r"`val_fraction`=0\.1 .*data\.val_fraction"):
+        dm = CremaDDataModule(root, val_fraction=0.1)
+    assert len(dm.split_dataset("val")) == 0 and len(dm.split_dataset("train")) == 12
 
 
 def test_frame_selection():

@@ -82,3 +82,9 @@ def test_any_subset_of_views_becomes_the_modalities():
 def test_bad_views_are_rejected(views):
     with pytest.raises(ValueError, match="views"):
         MFeatDataModule(views=views)
+
+
+def test_one_view_name_is_one_view():
+    # data.views=fou on the command line: the string was split into 'f', 'o', 'u'.
+    inputs, _ = load_mfeat("fou")
+    assert list(inputs) == ["fou"]

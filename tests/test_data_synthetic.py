@@ -88,6 +88,8 @@ def test_slow_modality_has_no_linear_class_signal():
     [
         ({"redundant_bits": 0, "unique_bits": 0, "synergy_bits": 0}, "at least one"),
         ({"feature_dim": 2}, "feature_dim"),
+        # Accepted, then num_classes = 32.0 and a crash in torch.randn at setup.
+        ({"unique_bits": 1.5}, "'unique_bits': 1.5.* must be non-negative integers"),
     ],
 )
 def test_pid_task_rejects_bad_arguments(arguments, match):

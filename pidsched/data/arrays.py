@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
+from pidsched._checks import as_names
 from pidsched.data.in_memory import (
     InMemoryMultimodalDataModule,
     MultimodalTensorDataset,
@@ -238,14 +239,7 @@ class ArraysDataModule(InMemoryMultimodalDataModule):
     ) -> tuple[str, ...]:
         reserved = {label, split} - {None}
         candidates = [n for n in arrays if n not in reserved]
-        # One name (data.views=audio) is a string: a tuple of it would be its characters.
-        names = (
-            tuple(candidates)
-            if views is None
-            else (views,)
-            if isinstance(views, str)
-            else tuple(views)
-        )
+        names = tuple(candidates) if views is None else as_names(views)
         unknown = [n for n in names if n not in arrays or n in reserved]
         if unknown or len(names) < 2 or len(set(names)) != len(names):
             example = f"[{','.join(candidates[:2])}]" if len(candidates) >= 2 else "[audio,video]"

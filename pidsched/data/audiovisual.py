@@ -28,7 +28,7 @@ import hashlib
 import json
 import math
 import os
-import wave
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +38,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 from PIL import Image
+from scipy.io import wavfile
 from scipy.signal import resample_poly
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -60,30 +61,28 @@ _SPECTROGRAM_VERSION = 1
 
 
 def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
-    """Read a PCM wav file (8, 16, 24 or 32 bit) as mono float samples in [-1, 1].
+    """Read a wav file as mono float samples in [-1, 1]: PCM of 8, 16, 24 or 32 bits, or IEEE
+    float, with a plain or an extensible (``WAVE_FORMAT_EXTENSIBLE``) header.
+
+    scipy reads it: the standard library's ``wave`` refuses float wavs, and extensible headers
+    (what ffmpeg writes above 16 bits) before Python 3.12.
 
     Returns:
         ``(samples (L,) float32, sample rate in Hz)``.
     """
-    with wave.open(str(path), "rb") as wav:
-        channels, width, rate = wav.getnchannels(), wav.getsampwidth(), wav.getframerate()
-        raw = wav.readframes(wav.getnframes())
-    if width == 1:  # 8-bit wav is unsigned
-        samples = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
-    elif width == 3:
-        padded = np.frombuffer(raw, np.uint8).reshape(-1, 3)
-        as_int = (
-            padded[:, 0].astype(np.int32) << 8
-            | padded[:, 1].astype(np.int32) << 16
-            | padded[:, 2].astype(np.int32) << 24
-        )
-        samples = as_int.astype(np.float32) / 2.0**31
-    elif width in (2, 4):
-        dtype = np.int16 if width == 2 else np.int32
-        samples = np.frombuffer(raw, dtype).astype(np.float32) / float(2 ** (8 * width - 1))
+    with warnings.catch_warnings():
+        # Metadata chunks (LIST, from ffmpeg) are skipped, with a warning per file.
+        warnings.simplefilter("ignore", wavfile.WavFileWarning)
+        rate, data = wavfile.read(str(path))
+    if data.dtype == np.uint8:  # 8-bit wav is unsigned
+        samples = (data.astype(np.float32) - 128.0) / 128.0
+    elif data.dtype in (np.int16, np.int32):  # 24-bit comes left-justified in int32
+        samples = data.astype(np.float32) / float(np.iinfo(data.dtype).max + 1)
+    elif data.dtype.kind == "f":
+        samples = data.astype(np.float32)
     else:
-        raise ValueError(f"{path}: unsupported sample width of {width} bytes.")
-    return samples.reshape(-1, channels).mean(axis=1), rate
+        raise ValueError(f"{path}: unsupported sample type {data.dtype}.")
+    return (samples if samples.ndim == 1 else samples.mean(axis=1)), int(rate)
 
 
 def log_spectrogram(samples: np.ndarray, rate: int) -> Tensor:
@@ -227,10 +226,14 @@ class AudioVisualClipDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[dict[str, Tensor], Tensor]:
         clip = self.clips[index]
         wav_path = self.audio_dir / f"{clip.clip_id}.wav"
-        if self.cache is None:
-            audio = log_spectrogram(*read_wav(wav_path))
-        else:
-            audio = self.cache.spectrogram(wav_path)
+        try:
+            if self.cache is None:
+                audio = log_spectrogram(*read_wav(wav_path))
+            else:
+                audio = self.cache.spectrogram(wav_path)
+        except (ValueError, OSError, EOFError) as error:
+            # Raised in a dataloader worker, among thousands of clips: say which one.
+            raise ValueError(f"cannot read the audio clip {wav_path}: {error}") from error
         frame_paths = _frame_files(self.visual_dir / clip.clip_id)
         chosen = select_frames(len(frame_paths), self.num_frames, self.train)
         frames = []
@@ -356,9 +359,26 @@ class AudioVisualDataModule(MultimodalDataModule, ABC):
     def _labelled_splits(self, rows: dict[str, list[tuple[str, str]]]) -> dict[str, list[Clip]]:
         index = {name: i for i, name in enumerate(self.class_names)}
         clips = {split: [Clip(c, index[label]) for c, label in r] for split, r in rows.items()}
+        for split, name in self.split_files.items():
+            if not clips[split]:
+                raise ValueError(
+                    f"{type(self).__name__}: the {split} split file {self.root / name} lists no "
+                    "clips; give it one row per clip (see the expected layout in the class "
+                    "docstring)."
+                )
         if "val" not in clips:
             labels = torch.tensor([c.label for c in clips["train"]])
             train, val = stratified_split(labels, [self.val_fraction], self.seed)
+            if not len(val):
+                # A warning: a schedule that measures nothing trains without validation.
+                warnings.warn(
+                    f"{type(self).__name__}: `val_fraction`={self.val_fraction} of the "
+                    f"{len(labels)} training clips rounds to no validation clip in any class, so "
+                    "the validation split is empty and nothing can be probed or selected on it; "
+                    "raise val_fraction (data.val_fraction on the command line).",
+                    UserWarning,
+                    stacklevel=3,
+                )
             clips["val"] = [clips["train"][i] for i in val.tolist()]
             clips["train"] = [clips["train"][i] for i in train.tolist()]
         return clips

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from typing_extensions import override
 
+from pidsched._checks import as_names
 from pidsched.data.arrays import SPLIT_NAMES, standardized_splits
 from pidsched.data.in_memory import (
     InMemoryMultimodalDataModule,
@@ -33,8 +34,8 @@ MFEAT_SHA256 = "2bd9fa4b95588f0d4107c87b1a1f659dfeb5b0ae7f0056d810826afd60e58ff8
 _MFEAT_FILE = "mfeat.npz"
 
 
-def _check_views(views: Sequence[str]) -> tuple[str, ...]:
-    views = tuple(views)
+def _check_views(views: str | Sequence[str]) -> tuple[str, ...]:
+    views = as_names(views)
     unknown = [v for v in views if v not in MFEAT_VIEWS]
     if not views or unknown or len(set(views)) != len(views):
         raise ValueError(

@@ -115,7 +115,8 @@ class PIDStructureTask:
             "unique_bits": self.unique_bits,
             "synergy_bits": self.synergy_bits,
         }
-        if any(v < 0 for v in counts.values()) or sum(counts.values()) == 0:
+        integers = all(isinstance(v, int) and not isinstance(v, bool) for v in counts.values())
+        if not integers or any(v < 0 for v in counts.values()) or sum(counts.values()) == 0:
             raise ValueError(f"{counts} must be non-negative integers, at least one positive.")
         if self.feature_dim < self.bits_per_modality:
             raise ValueError(
