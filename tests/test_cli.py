@@ -417,6 +417,11 @@ def test_a_group_option_set_as_a_key_fails_in_cli_terms_and_its_fix_runs(tmp_pat
             r"^the settings trainer\.\* were rejected: .*unexpected keyword argument 'max_epoch'",
         ),
         (["trainer.max_epochs=two"], r"^trainer\.max_epochs=two is not an integer"),
+        # OGM-GE scales per-modality shares of the fused logits: a traceback at the first step.
+        (
+            ["schedule=ogm_ge", "model/fusion=film"],
+            r"^schedule=ogm_ge .* model/fusion=film does not have; use model/fusion=concat or",
+        ),
     ],
 )
 def test_missing_paths_and_bad_run_settings_are_config_errors(overrides, said, tmp_path):

@@ -157,7 +157,8 @@ class OGMGECallback(Callback):
     Raises:
         ValueError: an argument is out of range.
         TypeError: an argument has the wrong type, or (at fit start) the module lacks what the
-            callback needs.
+            callback needs; at the first training step, a fusion head without per-modality
+            contributions (``MultimodalClassifier`` with FiLM or gated fusion).
 
     Example::
 

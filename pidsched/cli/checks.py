@@ -23,6 +23,8 @@ EXIT_CONFIG_ERROR = 2
 # The model/encoder option that suits each modality kind (conf/model/encoder/<option>.yaml).
 ENCODER_FOR_KIND = {"vector": "mlp", "audio": "resnet18_audio", "visual": "resnet18_visual"}
 FUSIONS_OF_ANY_COUNT = ("concat", "sum")
+# The fusion options whose fused logits are a sum of per-modality shares (what OGM-GE scales).
+ADDITIVE_FUSIONS = ("concat", "sum")
 
 
 class ConfigError(ValueError):
@@ -168,6 +170,23 @@ def check_fusion(model_cfg: Mapping[str, Any], datamodule: Any) -> None:
             f"model/fusion={fusion_option(fusion_cfg)} cannot fuse the {len(names)} modalities "
             f"of {data_setting(datamodule)}; {choices} fuse any number. Use one of them{two}."
         ) from None
+
+
+def check_ogm_ge_fusion(cfg: Mapping[str, Any]) -> None:
+    """Raise when the OGM-GE callback is configured with a fusion head that is not additive: it
+    splits the fused logits into per-modality contributions, which only concat and sum have
+    (it failed at the first training step, with a traceback)."""
+    callbacks = cfg.get("callbacks") or {}
+    fusion_cfg = cfg["model"].get("fusion")
+    if callbacks.get("ogm_ge") is None or fusion_cfg is None:
+        return
+    option = fusion_option(fusion_cfg)
+    if option not in ADDITIVE_FUSIONS:
+        choices = " or ".join(f"model/fusion={name}" for name in ADDITIVE_FUSIONS)
+        raise ConfigError(
+            f"schedule=ogm_ge modulates each modality's additive share of the fused logits, "
+            f"which model/fusion={option} does not have; use {choices}."
+        )
 
 
 def fusion_option(fusion_cfg: Mapping[str, Any]) -> str:

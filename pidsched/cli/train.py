@@ -50,6 +50,7 @@ from pidsched.cli.checks import (
     check_fusion,
     check_group_nodes,
     check_modality_count,
+    check_ogm_ge_fusion,
     missing_encoder_message,
     settings_of,
     stage_two_warning,
@@ -322,6 +323,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         datamodule = instantiate(cfg.data)
     check_modality_count(datamodule)
     check_fusion(cfg.model, datamodule)
+    check_ogm_ge_fusion(cfg)
     model = build_model(cfg.model, datamodule)
     with settings_of("schedule.*"):
         scheduler = instantiate(cfg.schedule, num_classes=int(datamodule.num_classes))
