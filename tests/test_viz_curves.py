@@ -6,6 +6,8 @@ import math
 
 import pytest
 from _viz_helpers import fabricated_history
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
 from matplotlib.image import imread
 
 from pidsched.viz.curves import paused_intervals, plot_pid_curves
@@ -165,3 +167,61 @@ def test_no_band_nor_hollow_marker_without_intervals(tmp_path):
     assert not any(line.has_band or line.uncertified_epochs for line in plot.series)
     assert all(math.isnan(low) for line in plot.series for low in line.lows)
     assert not any(label.startswith(("band", "hollow")) for label in plot.legend)
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures plot_pid_curves draws, rendered, as they are saved."""
+    figures = []
+    save = Figure.savefig
+
+    def keep(figure, *args, **kwargs):
+        save(figure, *args, **kwargs)
+        figures.append(figure)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return figures
+
+
+def _inside(figure, artist) -> bool:
+    box = artist.get_window_extent(figure.canvas.get_renderer())
+    width, height = figure.bbox.width, figure.bbox.height
+    return box.x0 >= 0 and box.x1 <= width and box.y0 >= 0 and box.y1 <= height
+
+
+def test_long_run_labels_stay_inside_the_picture(tmp_path, drawn):
+    # Runs are labelled by their overrides: one line of three ran 200 px past each edge.
+    overrides = (
+        "schedule=pid seed={} trainer.max_epochs=30 data.num_samples=6000 stage1_max_epochs=12"
+    )
+    histories = {overrides.format(i): fabricated_history(offset=0.05 * i) for i in range(3)}
+    plot_pid_curves(histories, tmp_path / "overlay.png")
+    plot_pid_curves({overrides.format(0): histories[overrides.format(0)]}, tmp_path / "one.png")
+    for figure in drawn:
+        assert _inside(figure, figure.legends[0])
+        assert _inside(figure, figure._suptitle)  # matplotlib keeps it only there
+
+
+def test_more_than_ten_runs_get_distinct_colours(tmp_path, drawn):
+    histories = {f"seed={i}": fabricated_history(offset=0.01 * i) for i in range(12)}
+    plot_pid_curves(histories, tmp_path / "sweep.png")
+    handles = drawn[0].legends[0].legend_handles[-12:]
+    colours = {to_hex(handle.get_color()) for handle in handles}
+    assert len(colours) == 12
+
+
+def test_three_modalities_are_titled_as_one_vs_rest(tmp_path, drawn):
+    records = fabricated_history(modalities=("fou", "fac", "kar"))
+    plot_pid_curves({"mfeat": records}, tmp_path / "p.png")
+    title = drawn[0].get_suptitle()
+    assert "3 modalities as one-vs-rest pairs" in title and "= total" not in title
+
+
+def test_the_reported_path_is_the_file_written(tmp_path):
+    history = {"run": fabricated_history()}
+    assert plot_pid_curves(history, tmp_path / "noext").path == tmp_path / "noext.png"
+    assert (tmp_path / "noext.png").is_file()
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    plot = plot_pid_curves(history, folder)
+    assert plot.path == folder / "pid_curves.png" and plot.path.is_file()

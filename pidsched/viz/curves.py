@@ -26,11 +26,13 @@ Example::
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -163,7 +165,7 @@ def plot_pid_curves(
     shared_shading = len(set(switch_epochs.values())) == 1
 
     figure, legend = _draw_figure(runs, series, paused, shared_shading, title)
-    path = Path(path)
+    path = _picture_path(Path(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     return PIDCurvesPlot(
@@ -265,8 +267,9 @@ def _as_run_histories(histories: Any) -> dict[str, RunHistory]:
     }
     if not any(run.records for run in runs.values()):
         raise ValueError(
-            f"no probe was recorded in {list(runs)}: nothing to draw. Probes happen at the end "
-            "of validation epochs; train at least one epoch with validation."
+            f"no probe was recorded in {list(runs)}: nothing to draw. A PID schedule probes at "
+            "the end of its validation epochs (train at least one); schedules that measure "
+            "nothing (joint, fixed, ogm_ge) record no probes."
         )
     return runs
 
@@ -319,7 +322,7 @@ def _draw_figure(
     modality_names = list(dict.fromkeys(n for run in runs.values() for n in run.modality_names))
     overlay = len(runs) > 1
     styles = _Styles(
-        run_colors={label: f"C{i % 10}" for i, label in enumerate(runs)},
+        run_colors=_run_colors(list(runs)),
         modality_names=modality_names,
         overlay=overlay,
     )
@@ -354,12 +357,44 @@ def _draw_figure(
     heading = title or "What each modality tells about the label during two-stage training"
     if not overlay:
         heading += f"  (run: {next(iter(runs))})"
-    figure.suptitle(
-        heading + "\nInformation in bits: unique (only this modality) + redundancy (shared) + "
-        "synergy (only from the modalities together) = total information about the label",
-        fontsize=12,
-    )
+    count = len(modality_names)
+    explained = _IDENTITY_TWO if count <= 2 else _IDENTITY_MANY.format(count=count)
+    figure.suptitle("\n".join([*textwrap.wrap(heading, _TITLE_CHARACTERS), explained]), fontsize=12)
     return figure, legend
+
+
+# The identity the atoms of two modalities satisfy, and what the atoms of more mean (one-vs-rest
+# pairs: their unique values, redundancies and syntheses do not add up to the mean total).
+_IDENTITY_TWO = (
+    "Information in bits: unique (only this modality) + redundancy (shared) + synergy (only "
+    "from the modalities together) = total information about the label"
+)
+_IDENTITY_MANY = (
+    "Information in bits, {count} modalities as one-vs-rest pairs: unique (this modality "
+    "against all others); redundancy, synergy and total are means over the pairs"
+)
+# Characters per line of the heading and of a legend entry at their font sizes: run labels are
+# the runs' overrides, and one line of them ran past the figure's edges.
+_TITLE_CHARACTERS, _LEGEND_CHARACTERS = 120, 48
+
+
+def _run_colors(labels: Sequence[str]) -> dict[str, Any]:
+    """One colour per overlaid run: the 10 default cycle colours, tab20's 20 beyond them, then
+    evenly spaced hues (``C{i % 10}`` gave run 11 the colour of run 1)."""
+    count = len(labels)
+    if count <= 10:
+        return {label: f"C{i}" for i, label in enumerate(labels)}
+    if count <= 20:
+        return {label: colormaps["tab20"](i) for i, label in enumerate(labels)}
+    return {label: colormaps["hsv"](i / count) for i, label in enumerate(labels)}  # i < count
+
+
+def _picture_path(path: Path) -> Path:
+    """Where the picture goes: into an existing directory as ``pid_curves.png``; a name without
+    a suffix gets ``.png`` (matplotlib adds it, and the path reported would miss it)."""
+    if path.is_dir():
+        return path / CURVES_PNG_NAME
+    return path if path.suffix else path.with_suffix(".png")
 
 
 def _draw_line(ax: Axes, line: PlottedSeries, style: dict[str, Any]) -> None:
@@ -572,7 +607,7 @@ def _add_figure_legend(
             labels.append(f"{label}{switch_note}")
     figure.legend(
         handles,
-        labels,
+        [textwrap.fill(label, _LEGEND_CHARACTERS) for label in labels],
         loc="outside lower center",
         ncols=min(len(handles), 3),
         fontsize=9,
