@@ -9,7 +9,8 @@ A run's history is the callback's ``history`` list (one plain record per probe, 
   one 0/1 column per modality (``paused/audio``), so any number of modalities fits.
 
 Information quantities are in bits throughout. Missing values (a probe without validation
-accuracy, a NaN) are written as JSON ``null`` / an empty CSV cell and read back as absent keys.
+accuracy, a NaN) are written as JSON ``null`` / an empty CSV cell and read back as ``None``
+from JSON and as absent keys from CSV; the pictures draw both as gaps.
 
 Bootstrap intervals (``record["interval"]``: ``{"level": 0.9, "unique": {m: [low, high]},
 "redundancy": [low, high], ...}``) become the CSV columns ``interval_level``,
