@@ -152,6 +152,16 @@ def test_ave_uses_its_validation_split(tmp_path):
     assert all(c.clip_id.startswith("val") for c in dm.clips["val"])
 
 
+def test_ave_split_files_may_start_with_the_annotation_header(tmp_path):
+    root = make_ave(tmp_path)
+    for name in ("trainSet.txt", "valSet.txt", "testSet.txt"):
+        split = root / name
+        split.write_text("Category&VideoID&Quality&StartTime&EndTime\n" + split.read_text())
+    dm = AVEDataModule(root, image_size=32)
+    assert dm.class_names == ("Bark", "Church bell", "Male speech, man speaking")
+    assert {s: len(c) for s, c in dm.clips.items()} == {"train": 9, "val": 3, "test": 3}
+
+
 def test_kinetics_sounds_labels_are_class_indices(tmp_path):
     dm = KineticsSoundsDataModule(make_kinetics_sounds(tmp_path), image_size=32, val_fraction=0.25)
     assert dm.class_names == ("0", "1", "2") and dm.num_classes == 3

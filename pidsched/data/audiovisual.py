@@ -472,9 +472,11 @@ class AVEDataModule(AudioVisualDataModule):
     def parse_split_file(self, path: Path) -> list[tuple[str, str]]:
         rows = []
         for line in path.read_text(encoding="utf-8-sig").splitlines():
-            fields = line.strip().split("&")
-            if len(fields) >= 2:
-                rows.append((fields[1].strip(), fields[0].strip()))
+            fields = [field.strip() for field in line.split("&")]
+            # AVE's Annotations.txt starts with the header row; a split file cut from it may too
+            # (it would become a clip "VideoID" of a class "Category").
+            if len(fields) >= 2 and fields[:2] != ["Category", "VideoID"]:
+                rows.append((fields[1], fields[0]))
         return rows
 
     @override
