@@ -216,6 +216,17 @@ def missing_encoder_message(missing: Mapping[str, str], encoder_cfg: Mapping[str
     )
 
 
+def checked_max_epochs(max_epochs: Any) -> int | None:
+    """``trainer.max_epochs`` when it is an integer or unset; a :class:`ConfigError` otherwise
+    (``trainer.max_epochs=two`` crashed the stage-2 check with a TypeError)."""
+    if max_epochs is not None and (isinstance(max_epochs, bool) or not isinstance(max_epochs, int)):
+        raise ConfigError(
+            f"trainer.max_epochs={max_epochs} is not an integer; set e.g. trainer.max_epochs=30 "
+            "(or trainer.max_epochs=-1 with trainer.max_steps for no epoch limit)."
+        )
+    return max_epochs
+
+
 def stage_two_warning(
     controller: Any, max_epochs: int | None, stage1_max_epochs: int | None, schedule: str
 ) -> str | None:

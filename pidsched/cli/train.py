@@ -51,6 +51,7 @@ from pidsched.cli.checks import (
     check_group_nodes,
     check_modality_count,
     check_ogm_ge_fusion,
+    checked_max_epochs,
     missing_encoder_message,
     settings_of,
     stage_two_warning,
@@ -328,15 +329,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     with settings_of("schedule.*"):
         scheduler = instantiate(cfg.schedule, num_classes=int(datamodule.num_classes))
     schedule_name = HydraConfig.get().runtime.choices.get("schedule", "custom")
-    max_epochs = cfg.trainer.get("max_epochs")
-    if max_epochs is not None and (isinstance(max_epochs, bool) or not isinstance(max_epochs, int)):
-        raise ConfigError(
-            f"trainer.max_epochs={max_epochs} is not an integer; set e.g. trainer.max_epochs=30 "
-            "(or trainer.max_epochs=-1 with trainer.max_steps for no epoch limit)."
-        )
     warning = stage_two_warning(
         scheduler.controller,
-        max_epochs,
+        checked_max_epochs(cfg.trainer.get("max_epochs")),
         cfg.get("stage1_max_epochs"),
         schedule_name,
     )
