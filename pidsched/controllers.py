@@ -158,6 +158,12 @@ SIGNAL_KEYS = {
 }
 
 
+def _share_at_least(count: int, total: int, share: float) -> bool:
+    """``count`` of ``total`` is at least ``share`` of them, exactly: ``0.55 * 100`` is
+    55.00000000000001 in floating point, and 55 of 100 then missed a share of 0.55."""
+    return total > 0 and count >= math.ceil(share * total - 1e-9 * total)
+
+
 class PIDController(Controller):
     """The paper's stage-1 rules on a per-modality information signal, optionally on evidence.
 
@@ -170,11 +176,13 @@ class PIDController(Controller):
     smallest signal among the other modalities (each clamped below at ``floor`` bits so that a
     zero does not divide by zero). With two modalities this is exactly "if U1/U2 > 3 pause
     modality 1, if U2/U1 > 3 pause modality 2". The weakest modality is never a candidate, so
-    some branch always trains.
+    some branch always trains (with ``confidence``, the weakest by the point estimate). A signal
+    that is NaN pauses nothing.
 
     End of stage 1, whichever comes first:
 
-    - synergy below ``synergy_drop`` x its peak so far, once ``min_unimodal_epochs`` have passed;
+    - synergy below ``synergy_drop`` x its peak so far, once ``min_unimodal_epochs`` have passed
+      (a peak of zero or less, rounding of no synergy, is none to drop from);
     - ``max_switches`` pause switches (a switch is a change of the paused set to a non-empty set
       different from the previous one; 0 disables this rule);
     - ``max_unimodal_epochs`` training epochs.
@@ -313,6 +321,9 @@ class PIDController(Controller):
         return replicates
 
     def _dominant(self, signal: Mapping[str, float]) -> frozenset[str]:
+        if any(math.isnan(value) for value in signal.values()):
+            # No ratio is known: nothing is paused (NaN comparisons would depend on dict order).
+            return frozenset()
         clamped = {name: max(value, self.floor) for name, value in signal.items()}
         dominant = set()
         for name, value in clamped.items():
@@ -334,15 +345,22 @@ class PIDController(Controller):
         columns = [[float(v) for v in per_modality[name]] for name in names]
         counts = dict.fromkeys(names, 0)
         for values in zip(*columns, strict=True):
-            # A NaN replicate clears no ratio (NaN > x is False): it counts against pausing.
+            # A replicate with a NaN pauses nothing (_dominant): it counts against pausing.
             for name in self._dominant(dict(zip(names, values, strict=True))):
                 counts[name] += 1
         total = len(columns[0])
-        return frozenset(n for n in names if total and counts[n] >= self.confidence * total)
+        candidates = {n for n in names if _share_at_least(counts[n], total, self.confidence)}
+        # Each replicate spares its own weakest modality, but the weakest can differ between
+        # replicates, so every modality could clear its share: the point estimate's weakest
+        # always trains.
+        point = {n: max(v, self.floor) for n, v in self._signal(probe).items()}
+        return frozenset(candidates - {min(names, key=point.__getitem__)})
 
     def _synergy_dropped(self, probe: Mapping[str, Any], synergy: float) -> bool:
         """This probe's synergy is below ``synergy_drop`` x peak (point or replicate share)."""
-        if self.peak_synergy is None:
+        if self.peak_synergy is None or self.peak_synergy <= 0:
+            # No synergy to drop from; a peak of -3e-16 bits (rounding) made 0.8 x peak exceed
+            # the peak, so an unchanged synergy read as a drop.
             return False
         threshold = self.synergy_drop * self.peak_synergy
         if self.confidence is None:
@@ -354,7 +372,7 @@ class PIDController(Controller):
                 f"(bits) when `confidence` is set, got {self._replicates(probe).get('synergy')!r}."
             )
         below = sum(value < threshold for value in replicates)
-        return below >= self.confidence * len(replicates)
+        return _share_at_least(below, len(replicates), self.confidence)
 
     def _persistent_paused(self, candidates: frozenset[str]) -> frozenset[str]:
         """The candidates that have been candidates on ``persistence`` consecutive probes."""

@@ -318,6 +318,60 @@ def test_confidence_counts_a_synergy_drop_only_on_the_share_of_replicates():
     assert controller.decide(3, strong).switch
 
 
+def test_confidence_never_pauses_every_modality():
+    # Each replicate spares its own weakest modality, but which one flips between replicates:
+    # with c = 0.5 both cleared their share and every branch was paused (then the fit crashed).
+    record = with_replicates(
+        probe({"a": 0.2, "b": 0.1}, 0.1), {"a": [0.4, 0.1], "b": [0.1, 0.4]}, [0.1, 0.1]
+    )
+    controller = PIDController(confidence=0.5, persistence=1, max_switches=0)
+    assert controller.decide(1, record).paused == {"a"}  # b is the point estimate's weakest
+    three = with_replicates(
+        probe({"a": 0.3, "b": 0.2, "c": 0.1}, 0.1),
+        {"a": [1.0, 0.1, 0.1], "b": [0.1, 1.0, 0.1], "c": [0.1, 0.1, 1.0]},
+        [0.1] * 3,
+    )
+    controller = PIDController(confidence=0.3, persistence=1, max_switches=0)
+    assert controller.decide(1, three).paused == {"a", "b"}
+
+
+@pytest.mark.parametrize("order", ["abc", "acb", "bca"])
+def test_a_nan_replicate_counts_against_pausing_whatever_the_order(order):
+    values, point = {"a": 1.0, "b": math.nan, "c": 0.1}, {"a": 1.0, "b": 0.5, "c": 0.1}
+    record = with_replicates(
+        probe({name: point[name] for name in order}, 0.1),
+        {name: [values[name]] for name in order},
+        [0.1],
+    )
+    controller = PIDController(confidence=1.0, persistence=1, max_switches=0)
+    assert controller.decide(1, record).paused == frozenset()
+
+
+def test_shares_are_counted_exactly():
+    # 0.55 * 100 is 55.00000000000001: 55 clearing replicates of 100 missed c = 0.55.
+    ratios = [4.0] * 55 + [2.0] * 45
+    record = with_replicates(
+        probe({"a": 0.4, "b": 0.1}, 0.1),
+        {"a": [0.1 * r for r in ratios], "b": [0.1] * 100},
+        [0.1] * 100,
+    )
+    controller = PIDController(confidence=0.55, persistence=1, max_switches=0)
+    assert controller.decide(1, record).paused == {"a"}
+    dropping = PIDController(confidence=0.55, persistence=1, min_unimodal_epochs=0, max_switches=0)
+    even = {"a": [0.1] * 100, "b": [0.1] * 100}
+    dropping.decide(1, with_replicates(probe(NEUTRAL[0], 0.5), even, [0.5] * 100))
+    synergies = [0.1] * 55 + [0.5] * 45
+    assert dropping.decide(2, with_replicates(probe(NEUTRAL[0], 0.1), even, synergies)).switch
+
+
+def test_no_synergy_is_no_peak_to_drop_from():
+    # pid() gives about -3e-16 bits of synergy where there is none; 0.8 x that is above it.
+    controller = paper_rules(min_unimodal_epochs=0, max_switches=0)
+    controller.decide(1, probe(NEUTRAL[0], -3e-16))
+    assert not controller.decide(2, probe(NEUTRAL[0], -3e-16)).switch
+    assert not controller.decide(3, probe(NEUTRAL[0], 0.0)).switch
+
+
 def test_confidence_without_replicates_says_how_to_get_them():
     assert not PIDController().needs_replicates
     assert not FixedController(unimodal_epochs=1).needs_replicates
