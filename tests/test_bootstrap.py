@@ -106,6 +106,19 @@ def test_bootstrap_weights_are_reproducible_poisson_draws():
     assert first.var().item() == pytest.approx(1.0, abs=0.02)
 
 
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        ((2, 10, 1.5), "`seed`"),  # truncated to 1: the same draws as seed 1
+        ((-1, 10, 0), "`num_bootstrap`"),  # a raw torch error
+        ((2, 10, 0, 0, 2.0), r"`stream\[1\]`"),
+    ],
+)
+def test_bootstrap_weights_reject_what_is_not_a_non_negative_integer(arguments, named):
+    with pytest.raises(ValueError, match=named):
+        bootstrap_weights(*arguments)
+
+
 # ---------------------------------------------------------------------------------------------
 # The interval
 # ---------------------------------------------------------------------------------------------

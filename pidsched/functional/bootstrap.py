@@ -26,6 +26,7 @@ import hashlib
 import torch
 from torch import Tensor
 
+from pidsched._checks import check_int_at_least
 from pidsched.functional.pid import INFORMATION_FIELDS, PIDResult
 
 __all__ = ["bootstrap_interval", "bootstrap_weights"]
@@ -49,8 +50,16 @@ def bootstrap_weights(num_bootstrap: int, num_samples: int, seed: int, *stream: 
 
     Returns:
         ``(B, N)`` float64 non-negative integer weights on the CPU.
+
+    Raises:
+        ValueError: an argument is not a non-negative integer (a float seed was truncated: 1.5
+            drew what 1 draws).
     """
-    key = ":".join(str(int(part)) for part in (seed, *stream)).encode()
+    check_int_at_least("num_bootstrap", num_bootstrap, 0, "bootstrap replicates")
+    check_int_at_least("num_samples", num_samples, 0, "samples to weigh")
+    for name, part in (("seed", seed), *((f"stream[{i}]", p) for i, p in enumerate(stream))):
+        check_int_at_least(name, part, 0, "an integer naming the random draw")
+    key = ":".join(str(part) for part in (seed, *stream)).encode()
     generator = torch.Generator().manual_seed(
         int.from_bytes(hashlib.sha256(key).digest()[:8], "little") & (2**63 - 1)
     )
