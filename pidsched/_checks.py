@@ -37,6 +37,16 @@ def check_num_bootstrap(value: object, meaning: str) -> None:
         )
 
 
+def check_not_a_string(name: str, value: object, fix: str) -> None:
+    """Raise when ``value``, meant as a collection of names, is one string: iterated, it would
+    be its characters (``"audio"`` five modalities). ``fix`` says what to pass instead."""
+    if isinstance(value, str):
+        raise ValueError(
+            f"Expected argument `{name}` to be a collection of names, but got the string "
+            f"{value!r}; {fix}."
+        )
+
+
 def as_names(value: str | Iterable[str]) -> tuple[str, ...]:
     """``value`` as a tuple of names: one string is one name (``tuple("audio")`` would be its
     characters, which is what a command line's ``data.views=audio`` gives otherwise)."""

@@ -320,11 +320,15 @@ class PIDController(Controller):
             )
         return replicates
 
+    def _clamped(self, signal: Mapping[str, float]) -> dict[str, float]:
+        """Each signal clamped below at ``floor`` bits, so that a zero does not divide by zero."""
+        return {name: max(value, self.floor) for name, value in signal.items()}
+
     def _dominant(self, signal: Mapping[str, float]) -> frozenset[str]:
         if any(math.isnan(value) for value in signal.values()):
             # No ratio is known: nothing is paused (NaN comparisons would depend on dict order).
             return frozenset()
-        clamped = {name: max(value, self.floor) for name, value in signal.items()}
+        clamped = self._clamped(signal)
         dominant = set()
         for name, value in clamped.items():
             weakest_other = min(v for other, v in clamped.items() if other != name)
@@ -353,7 +357,7 @@ class PIDController(Controller):
         # Each replicate spares its own weakest modality, but the weakest can differ between
         # replicates, so every modality could clear its share: the point estimate's weakest
         # always trains.
-        point = {n: max(v, self.floor) for n, v in self._signal(probe).items()}
+        point = self._clamped(self._signal(probe))
         return frozenset(candidates - {min(names, key=point.__getitem__)})
 
     def _synergy_dropped(self, probe: Mapping[str, Any], synergy: float) -> bool:

@@ -123,6 +123,8 @@ INFORMATION_FIELDS = (
     "mutual_information_1",
     "mutual_information_2",
 )
+# Every PIDResult field in bits: the information and the certificate.
+BITS_FIELDS = (*INFORMATION_FIELDS, "gap")
 
 
 @dataclass
@@ -357,8 +359,7 @@ def _as_dtype(result: PIDResult, dtype: torch.dtype) -> PIDResult:
     masses stay float64, the precision a warm start from them needs."""
     if dtype == result.gap.dtype:
         return result
-    bits = (*INFORMATION_FIELDS, "gap")
-    return replace(result, **{name: getattr(result, name).to(dtype) for name in bits})
+    return replace(result, **{name: getattr(result, name).to(dtype) for name in BITS_FIELDS})
 
 
 def _choose_method(method: str, shape: torch.Size) -> str:

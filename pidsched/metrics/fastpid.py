@@ -22,7 +22,7 @@ from torchmetrics.utilities import dim_zero_cat, rank_zero_warn
 from typing_extensions import override
 
 from pidsched._checks import check_int_at_least, check_num_bootstrap, check_tolerance_bits
-from pidsched.functional.bootstrap import INFORMATION_FIELDS, bootstrap_weights
+from pidsched.functional.bootstrap import bootstrap_weights
 from pidsched.functional.discretize import (
     Discretization,
     _joint_from_features_arg_validation,
@@ -33,12 +33,9 @@ from pidsched.functional.discretize import (
     _posteriors_from_logits,
     joint_from_features,
 )
-from pidsched.functional.pid import PIDResult, pid
+from pidsched.functional.pid import BITS_FIELDS, PIDResult, pid
 
 __all__ = ["ClusteredFastPID", "FastPID"]
-
-# The PIDResult fields measured in bits (everything but the iteration count and the duals).
-_RESULT_BITS = (*INFORMATION_FIELDS, "gap")
 
 
 class _PIDMetric(Metric):
@@ -139,7 +136,7 @@ class _PIDMetric(Metric):
         )
         nan = {
             name: torch.full((), math.nan, dtype=torch.float64, device=self.device)
-            for name in _RESULT_BITS
+            for name in BITS_FIELDS
         }
         return PIDResult(**nan, iterations=0)
 
@@ -156,7 +153,7 @@ def _process_rank() -> int:
 def _scatter_result(solved: PIDResult, solvable: Tensor) -> PIDResult:
     """``solved`` (the rows where ``solvable``) spread over ``solvable``'s batch, NaN elsewhere."""
     values = {}
-    for name in (*_RESULT_BITS, "dual_1", "dual_2", "pair_mass"):
+    for name in (*BITS_FIELDS, "dual_1", "dual_2", "pair_mass"):
         part = getattr(solved, name)
         full = part.new_full((solvable.shape[0], *part.shape[1:]), math.nan)
         full[solvable] = part
@@ -298,7 +295,7 @@ class FastPID(_PIDMetric):
             return
         nan = torch.full((), math.nan, dtype=torch.float64)
         self._last_result = PIDResult(
-            **dict.fromkeys(_RESULT_BITS, nan), iterations=0, **{k: state[k] for k in state}
+            **dict.fromkeys(BITS_FIELDS, nan), iterations=0, **{k: state[k] for k in state}
         )
 
     @override

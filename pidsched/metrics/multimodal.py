@@ -19,7 +19,7 @@ from torchmetrics import Metric
 from torchmetrics.wrappers.abstract import WrapperMetric
 from typing_extensions import override
 
-from pidsched._checks import check_int_at_least
+from pidsched._checks import check_int_at_least, check_not_a_string
 from pidsched.functional.multimodal import (
     SCALAR_ATOMS,
     MultimodalPIDResult,
@@ -91,11 +91,9 @@ class MultimodalPID(WrapperMetric):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if isinstance(modality_names, str):
-            raise ValueError(
-                f"Expected argument `modality_names` to be a sequence of names, but got the string "
-                f"{modality_names!r}; pass a tuple such as ('audio', 'video')."
-            )
+        check_not_a_string(
+            "modality_names", modality_names, "pass a tuple such as ('audio', 'video')"
+        )
         names = tuple(modality_names)
         if len(names) < 2 or len(set(names)) != len(names):
             raise ValueError(

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import Self
 
+from pidsched._checks import check_not_a_string
 from pidsched.stages import STAGE_UNIMODAL, STAGES
 
 __all__ = ["STAGES", "MultimodalModule", "PausableBranchesMixin", "check_multimodal_module"]
@@ -156,11 +157,7 @@ def check_stage(stage: str, paused: Collection[str], names: Sequence[str]) -> fr
     """
     if stage not in STAGES:
         raise ValueError(f"`stage` must be one of {STAGES}, got {stage!r}.")
-    if isinstance(paused, str):
-        raise ValueError(
-            f"`paused` must be a collection of modality names, got the string {paused!r}; pass "
-            f"{{{paused!r}}} to pause that branch."
-        )
+    check_not_a_string("paused", paused, f"pass {{{paused!r}}} to pause that branch")
     paused = frozenset(paused)
     unknown = paused - set(names)
     if unknown:

@@ -364,7 +364,7 @@ def _draw_figure(
 
 
 # The identity the atoms of two modalities satisfy, and what the atoms of more mean (one-vs-rest
-# pairs: their unique values, redundancies and syntheses do not add up to the mean total).
+# pairs: their unique values, redundancies and synergies do not add up to the mean total).
 _IDENTITY_TWO = (
     "Information in bits: unique (only this modality) + redundancy (shared) + synergy (only "
     "from the modalities together) = total information about the label"
