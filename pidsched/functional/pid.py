@@ -257,9 +257,9 @@ def pid(
             ``p`` changed little.
         dtype: dtype of the returned tensors, float64 (default) or float32. The solve always runs
             in float64: float32's resolution (1e-7 relative) is the scale of the tolerance itself,
-            and solved in float32, the Newton matrices of random 2-8-class joints failed to
-            factorise on 90 of 200 at ``tol=1e-7``. float32 results are the float64 ones
-            rounded, so their error is ``gap`` plus that rounding (a relative 6e-8).
+            and solved in float32, the Newton matrices of small random joints failed to factorise
+            at ``tol=1e-7`` (tests/test_pid.py's float32 test holds one). float32 results are the
+            float64 ones rounded, so their error is ``gap`` plus that rounding (a relative 6e-8).
         method: how each Newton system is solved. ``"dense"`` factorises the Schur complement onto
             the smaller source's ``K Ky`` duals (``O((K Ky)^3)`` per iteration); ``"iterative"``
             runs preconditioned conjugate gradients on it matrix-free (``O(K1 K2 Ky)`` per CG
