@@ -17,7 +17,6 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import Self
 
-from pidsched._checks import check_not_a_string
 from pidsched.stages import STAGE_UNIMODAL, STAGES
 
 __all__ = ["STAGES", "MultimodalModule", "PausableBranchesMixin", "check_multimodal_module"]
@@ -157,7 +156,13 @@ def check_stage(stage: str, paused: Collection[str], names: Sequence[str]) -> fr
     """
     if stage not in STAGES:
         raise ValueError(f"`stage` must be one of {STAGES}, got {stage!r}.")
-    check_not_a_string("paused", paused, f"pass {{{paused!r}}} to pause that branch")
+    # Its own check, not _checks.check_not_a_string: the protocol layer imports only torch and
+    # pidsched.stages (docs/architecture.md, Layer rule).
+    if isinstance(paused, str):
+        raise ValueError(
+            f"Expected argument `paused` to be a collection of names, but got the string "
+            f"{paused!r}; pass {{{paused!r}}} to pause that branch."
+        )
     paused = frozenset(paused)
     unknown = paused - set(names)
     if unknown:
