@@ -225,3 +225,39 @@ def test_the_reported_path_is_the_file_written(tmp_path):
     folder.mkdir()
     plot = plot_pid_curves(history, folder)
     assert plot.path == folder / "pid_curves.png" and plot.path.is_file()
+
+
+def _hollow_markers_at_foot(figure) -> list[float]:
+    """x of the hollow markers drawn in axes coordinates on y (at a panel's foot)."""
+    xs = []
+    for ax in figure.axes:
+        for artist in ax.lines:
+            if artist.get_markerfacecolor() == "white" and artist.get_transform() == (
+                ax.get_xaxis_transform()
+            ):
+                xs += list(artist.get_xdata())
+    return xs
+
+
+def test_an_uncertified_probe_without_values_is_marked_at_the_panels_foot(tmp_path, drawn):
+    # A solve that failed outright records NaN atoms: the marker must not vanish with the line.
+    records = fabricated_history(interval_width=0.01, uncertified_epochs={3, 5})
+    for atom in ("redundancy", "synergy"):
+        records[3][atom] = math.nan
+    records[3]["unique"] = {name: math.nan for name in records[3]["unique"]}
+    plot = plot_pid_curves({"run": records}, tmp_path / "p.png")
+    synergy = plot.get("synergy", "run", "synergy")
+    assert synergy.uncertified_epochs == (3, 5)
+    assert synergy.valueless_uncertified_epochs == (3,)
+    # unique (2 lines), redundancy and synergy each mark epoch 3 at the foot; epoch 5 is drawn
+    # at its value as before.
+    assert sorted(_hollow_markers_at_foot(drawn[0])) == [3, 3, 3, 3]
+    assert any("at the foot: no value" in label for label in plot.legend)
+
+
+def test_a_line_whose_only_probe_failed_is_still_drawn(tmp_path, drawn):
+    records = fabricated_history(num_probes=1, interval_width=0.01, uncertified_epochs={0})
+    records[0]["synergy"] = math.nan
+    plot = plot_pid_curves({"run": records}, tmp_path / "p.png")
+    assert plot.get("synergy", "run", "synergy").valueless_uncertified_epochs == (0,)
+    assert _hollow_markers_at_foot(drawn[0]) == [0]

@@ -12,7 +12,8 @@
 - where the probes carry bootstrap intervals (``record["interval"]``), a band around each
   information line from the interval's low to its high end;
 - probes whose PID solve was not certified (``record["certified"] is False``: no decision was
-  taken on them) as hollow markers, with a legend entry saying so.
+  taken on them) as hollow markers, with a legend entry saying so; one without a finite value
+  (a solve that failed outright) is marked at the foot of its panel.
 
 It returns a `PIDCurvesPlot` holding exactly the numbers drawn, so tests check data, not pixels.
 Drawing uses matplotlib's Agg canvas directly (no pyplot state, no display needed).
@@ -59,6 +60,8 @@ BAND_ALPHA = 0.18
 # A point at epoch e stands for training epoch e, drawn as the band [e - 0.5, e + 0.5]: the
 # stage switch and the paused bars fall between probe points, never on one.
 EPOCH_HALF_WIDTH = 0.5
+# Height (axes fraction) of the hollow marker of an uncertified probe that has no finite value.
+FOOT = 0.04
 
 Interval = tuple[float, float]
 
@@ -100,6 +103,12 @@ class PlottedSeries:
     def uncertified_epochs(self) -> tuple[int, ...]:
         """The probe epochs drawn as hollow markers (not certified)."""
         return tuple(e for e, ok in zip(self.epochs, self.certified, strict=True) if not ok)
+
+    @property
+    def valueless_uncertified_epochs(self) -> tuple[int, ...]:
+        """The uncertified probe epochs without a finite value, marked at the panel's foot."""
+        probes = zip(self.epochs, self.values, self.certified, strict=True)
+        return tuple(e for e, value, ok in probes if not ok and not math.isfinite(value))
 
 
 @dataclass(frozen=True)
@@ -202,7 +211,11 @@ def _run_series(label: str, run: RunHistory) -> list[PlottedSeries]:
     series = []
     for panel, name, keys in wanted:
         values = tuple(_number(_lookup(record, keys)) for record in records)
-        if all(math.isnan(value) for value in values):
+        # A line with no value is left out, unless a probe without one is uncertified: that
+        # probe still gets its hollow marker, at the panel's foot.
+        if all(math.isnan(value) for value in values) and (
+            panel == ACCURACY_PANEL or all(certified)
+        ):
             continue
         bounds = [_bounds(record, panel, name) for record in records]
         lows = tuple(low for low, _ in bounds)
@@ -410,21 +423,32 @@ def _draw_line(ax: Axes, line: PlottedSeries, style: dict[str, Any]) -> None:
             linewidth=0,
             zorder=1,
         )
-    probes = zip(line.epochs, line.values, line.certified, strict=True)
-    uncertified = [(epoch, value) for epoch, value, ok in probes if not ok]
-    if uncertified:
-        xs, ys = zip(*uncertified, strict=True)
-        ax.plot(
-            xs,
-            ys,
-            linestyle="none",
-            marker=style["marker"],
-            markersize=7,
-            markerfacecolor="white",
-            markeredgecolor=style["color"],
-            markeredgewidth=1.4,
-            zorder=3,
-        )
+    probes = list(zip(line.epochs, line.values, line.certified, strict=True))
+    with_value = [(epoch, value) for epoch, value, ok in probes if not ok and math.isfinite(value)]
+    # A probe whose solve failed outright may have no finite value: its marker sits at the
+    # panel's foot (axes coordinates), so the failure shows instead of vanishing with the line.
+    without_value = [
+        (epoch, FOOT) for epoch, value, ok in probes if not ok and not math.isfinite(value)
+    ]
+    for points, transform in (
+        (with_value, ax.transData),
+        (without_value, ax.get_xaxis_transform()),
+    ):
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(
+                xs,
+                ys,
+                linestyle="none",
+                marker=style["marker"],
+                markersize=7,
+                markerfacecolor="white",
+                markeredgecolor=style["color"],
+                markeredgewidth=1.4,
+                zorder=3,
+                transform=transform,
+                clip_on=transform is ax.transData,
+            )
 
 
 def _epoch_limits(runs: dict[str, RunHistory]) -> tuple[float, float]:
@@ -582,7 +606,11 @@ def _add_figure_legend(
                 [], [], linestyle="none", marker="o", markerfacecolor="white", markeredgecolor="0.3"
             )
         )
-        labels.append("hollow marker: probe not certified (no decision taken on it)")
+        labels.append(
+            "hollow marker: probe not certified (no decision taken on it; at the foot: no value)"
+            if any(line.valueless_uncertified_epochs for line in series)
+            else "hollow marker: probe not certified (no decision taken on it)"
+        )
     if shared_shading:
         switch = next(iter(runs.values())).switch_epoch
         handles.append(Patch(color=STAGE_1_COLOR))
