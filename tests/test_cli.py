@@ -433,6 +433,73 @@ def test_missing_paths_and_bad_run_settings_are_config_errors(overrides, said, t
         train(cfg, tmp_path)
 
 
+ES = "lightning.pytorch.callbacks.EarlyStopping"
+CKPT = "lightning.pytorch.callbacks.ModelCheckpoint"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "said", "fix"),
+    [
+        (
+            ["trainer.check_val_every_n_epoch=2"],
+            r"^validation must run on every probe epoch: schedule\.probe_every_n_epochs=1 must be "
+            r"a multiple of trainer\.check_val_every_n_epoch=2; e\.g\. (\S+)\.$",
+            "trainer.check_val_every_n_epoch=1",
+        ),
+        # A key the trainer config lacks is fixed by adding it, with '+'.
+        (
+            ["+trainer.val_check_interval=5"],
+            r"once per epoch, at its end: use (\S+) \(a float: an int counts training batches\), "
+            r"got 5\.$",
+            "+trainer.val_check_interval=1.0",
+        ),
+        (
+            ["trainer.limit_val_batches=0"],
+            r"needs validation batches, but trainer\.limit_val_batches=0; give it a positive "
+            r"value, e\.g\. (\S+)\.$",
+            "trainer.limit_val_batches=1.0",
+        ),
+        (
+            [
+                "schedule.probe_every_n_epochs=2",
+                f"+callbacks.ck._target_={CKPT}",
+                "+callbacks.ck.monitor=pid/synergy",
+                "trainer.max_epochs=2",
+            ],
+            r"^callbacks\.ck\.monitor=pid/synergy monitors a value logged only on probe epochs "
+            r"\(every 2\), but validation runs every 1: .* Use (\S+) or "
+            r"schedule\.probe_every_n_epochs=1\.$",
+            "trainer.check_val_every_n_epoch=2",
+        ),
+        (
+            [f"+callbacks.es._target_={ES}", "+callbacks.es.monitor=val/acc_slow"],
+            r"^callbacks\.es\.monitor=val/acc_slow monitors a metric of modality 'slow'.* Bound "
+            r"stage 1 with stage1_max_epochs=\.\.\. instead",
+            None,
+        ),
+        (
+            ["+trainer.strategy=ddp"],
+            r"DDP must allow unused parameters: use \+trainer\.strategy="
+            r"ddp_find_unused_parameters_true \(or \+trainer\.strategy=ddp_spawn_",
+            None,
+        ),
+    ],
+)
+def test_schedule_setup_errors_name_overrides_and_the_fix_runs(overrides, said, fix, tmp_path):
+    """The schedule's Trainer checks run before the fit and speak the command line: they used
+    to be tracebacks from inside trainer.fit, in Python's terms (Trainer(...=...))."""
+    with pytest.raises(ConfigError, match=said) as refused:
+        train(compose_run([*TINY, *overrides], tmp_path / "bad"), tmp_path / "bad")
+    assert "Trainer(" not in str(refused.value) and "Callback(" not in str(refused.value)
+    if fix is None:
+        return
+    assert re.search(said, str(refused.value)).group(1) == fix
+    key = fix.lstrip("+").split("=")[0]
+    fixed = [o for o in overrides if o.lstrip("+").split("=")[0] != key] + [fix]
+    summary = train(compose_run([*TINY, *fixed], tmp_path / "fixed"), tmp_path / "fixed")
+    assert summary["final_epoch"] >= 0
+
+
 def test_a_selection_monitor_validation_never_logs_fails_in_the_first_epoch(tmp_path):
     """Checked at the first validation, inside stage 1, as a ConfigError naming the logged
     metrics (it was a KeyError at the first joint-stage validation, after all of stage 1)."""

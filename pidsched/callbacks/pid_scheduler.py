@@ -15,23 +15,27 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import lightning
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
-from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torchmetrics import Metric
 from typing_extensions import override
 
 from pidsched._checks import check_int_at_least, check_num_bootstrap, check_tolerance_bits
-from pidsched.callbacks.trainer_checks import check_trainer_features
+from pidsched.callbacks.trainer_checks import (
+    PYTHON_SPELLING,
+    Spelling,
+    check_probe_settings,
+    check_strategy,
+    check_trainer_features,
+    check_validation_loop,
+)
 from pidsched.controllers import Controller, Decision, PIDController, stage_one_budget
 from pidsched.metrics.fastpid import FastPID
 from pidsched.metrics.multimodal import SCALAR_ATOMS, MultimodalPID, MultimodalPIDResult
@@ -245,10 +249,9 @@ class PIDSchedulerCallback(Callback):
             num_classes=self.num_classes,
             require_features=self.probe_inputs == "features",
         )
-        _check_strategy(trainer)
-        check_trainer_features(trainer, pl_module.modality_names, self._stage == STAGE_UNIMODAL)
+        self.check_trainer(trainer, pl_module.modality_names)
         if self.controller.needs_measurements:
-            _check_validation(trainer, pl_module, self.probe_every_n_epochs)
+            check_validation_loop(trainer, pl_module)
             self._names = tuple(pl_module.modality_names)
             self.metric = self._make_metric()
             self._restore_metric_state()
@@ -258,6 +261,34 @@ class PIDSchedulerCallback(Callback):
         self._module = pl_module
         # configure_optimizers runs after setup: the module must already be in its stage.
         pl_module.set_training_stage(self._stage, frozenset())
+
+    def check_trainer(
+        self,
+        trainer: Trainer,
+        modality_names: Sequence[str],
+        spelling: Spelling = PYTHON_SPELLING,
+    ) -> None:
+        """Refuse Trainer settings this schedule cannot run with; ``setup`` calls it.
+
+        It reads only what the Trainer was built with (strategy, validation settings,
+        callbacks), so a program that builds the Trainer can check before it fits:
+        ``pidsched-train`` does, with a ``spelling`` that names the command-line overrides.
+
+        Args:
+            trainer: the Trainer that will fit.
+            modality_names: the module's modality names.
+            spelling: how the messages name the settings that fix them.
+
+        Raises:
+            ValueError: a strategy other than single-device or DDP allowing unused parameters,
+                an EarlyStopping on a per-modality metric while branches pause, or (for a
+                controller that measures) validation settings under which some probe epoch
+                would not validate, or a ``pid/`` monitor missing on validation epochs.
+        """
+        check_strategy(trainer, spelling)
+        check_trainer_features(trainer, modality_names, self._stage == STAGE_UNIMODAL, spelling)
+        if self.controller.needs_measurements:
+            check_probe_settings(trainer, self.probe_every_n_epochs, spelling)
 
     def _make_metric(self) -> MultimodalPID:
         if self.metric_factory is None:
@@ -627,79 +658,6 @@ def _check_arguments(
         )
 
 
-def _check_strategy(trainer: Trainer) -> None:
-    strategy = trainer.strategy
-    if isinstance(strategy, DDPStrategy):
-        # Lightning has no public accessor for the DDP constructor arguments.
-        ddp_kwargs = _lightning_internal(strategy, "_ddp_kwargs", "the DDP strategy's arguments")
-        if not ddp_kwargs.get("find_unused_parameters", False):
-            raise ValueError(
-                "PIDSchedulerCallback pauses branches and trains no fusion head in stage 1, so "
-                "DDP must allow unused parameters: use "
-                "Trainer(strategy='ddp_find_unused_parameters_true') (or "
-                "'ddp_spawn_find_unused_parameters_true', or "
-                "DDPStrategy(find_unused_parameters=True))."
-            )
-    elif not isinstance(strategy, SingleDeviceStrategy):
-        raise ValueError(
-            f"PIDSchedulerCallback supports single-device and DDP training, not "
-            f"{type(strategy).__name__}; use strategy='auto' on one device or "
-            "strategy='ddp_find_unused_parameters_true'."
-        )
-
-
-def _check_validation(trainer: Trainer, pl_module: LightningModule, every_n: int) -> None:
-    # Lightning exposes where validation data comes from only through the loop's data source.
-    source = _lightning_internal(
-        trainer.fit_loop.epoch_loop.val_loop, "_data_source", "whether the fit has validation data"
-    )
-    if not source.is_defined() or not is_overridden("validation_step", pl_module):
-        raise ValueError(
-            "PIDSchedulerCallback measures PID on validation data, but this fit has no validation "
-            "loop: give trainer.fit(..., val_dataloaders=...) or a datamodule with "
-            "val_dataloader(), and a validation_step on the module (or use FixedController/"
-            "JointController, which measure nothing)."
-        )
-    if trainer.limit_val_batches == 0:
-        raise ValueError("PIDSchedulerCallback needs validation batches: `limit_val_batches` is 0.")
-    # An int counts training batches (1: validate after every batch), however equal to 1.0.
-    interval = trainer.val_check_interval
-    if isinstance(interval, int) or interval != 1.0:
-        raise ValueError(
-            "PIDSchedulerCallback probes once per epoch: use Trainer(val_check_interval=1.0) (a "
-            f"float: an int counts training batches), got {interval!r}."
-        )
-    if trainer.check_val_every_n_epoch is None or every_n % trainer.check_val_every_n_epoch != 0:
-        raise ValueError(
-            f"validation must run on every probe epoch: `probe_every_n_epochs` ({every_n}) must be "
-            f"a multiple of Trainer(check_val_every_n_epoch={trainer.check_val_every_n_epoch})."
-        )
-    _check_pid_monitors(trainer, every_n)
-
-
-def _check_pid_monitors(trainer: Trainer, every_n: int) -> None:
-    """Refuse a checkpoint or early-stopping callback that monitors a ``pid/`` value when some
-    validation epochs do not probe: Lightning fails on the first of them ("monitored key not
-    found"), because ``pid/`` values are logged only on probe epochs."""
-    if every_n == trainer.check_val_every_n_epoch:
-        return
-    for callback in trainer.callbacks:
-        if not isinstance(callback, (EarlyStopping, ModelCheckpoint)):
-            continue
-        monitor = callback.monitor
-        if monitor is None or not monitor.startswith("pid/"):
-            continue
-        if isinstance(callback, EarlyStopping) and not callback.strict:
-            continue  # a lenient EarlyStopping skips the epochs that lack its value
-        raise ValueError(
-            f"{type(callback).__name__} monitors {monitor!r}, which is logged only on probe "
-            f"epochs (every {every_n}), but validation runs every "
-            f"{trainer.check_val_every_n_epoch}: Lightning would stop at the first validation "
-            f"without a probe. Use Trainer(check_val_every_n_epoch={every_n}) or "
-            "probe_every_n_epochs equal to it."
-        )
-
-
 def _warn_on_jumping_monitors(trainer: Trainer) -> None:
     for callback in trainer.callbacks:
         if not isinstance(callback, (EarlyStopping, ModelCheckpoint)):
@@ -734,18 +692,6 @@ def _warn_if_stage_two_cannot_start(trainer: Trainer, controller: Controller) ->
         "fusion head stays untrained. Raise max_epochs or lower the stage-1 budget.",
         category=PIDScheduleWarning,
     )
-
-
-def _lightning_internal(owner: Any, name: str, purpose: str) -> Any:
-    """``owner.<name>``, a private Lightning attribute read for ``purpose``, or a clear error."""
-    try:
-        return getattr(owner, name)
-    except AttributeError:
-        raise RuntimeError(
-            f"PIDSchedulerCallback reads Lightning's private `{type(owner).__name__}.{name}` to "
-            f"check {purpose}, and Lightning {lightning.__version__} has no such attribute; "
-            "install a Lightning version in the range pidsched supports (see its pyproject.toml)."
-        ) from None
 
 
 def _split_batch(batch: Any) -> tuple[Mapping[str, Tensor], Tensor]:

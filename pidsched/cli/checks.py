@@ -8,7 +8,7 @@ cannot do what the schedule is for (stage 2 out of reach of the epoch budget) ge
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -16,6 +16,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from pidsched.callbacks.trainer_checks import Spelling
 from pidsched.controllers import stage_one_budget
 from pidsched.data.mfeat import MFEAT_VIEWS, MFeatDataModule
 
@@ -67,6 +68,52 @@ def rejection(keys: str, error: Exception) -> str:
         f"the settings {keys} were rejected: {said}{separator}"
         "(`pidsched-train --cfg job` prints the composed config)."
     )
+
+
+class CommandLineSpelling(Spelling):
+    """The schedule's setup errors in ``pidsched-train``'s terms: ``trainer.<name>=<value>``
+    (``+trainer.<name>=<value>`` for a key the trainer config does not define),
+    ``schedule.<name>=<value>``, ``stage1_max_epochs=...`` and, for the callbacks the config
+    built, ``<key>=<monitor>``.
+
+    Args:
+        trainer_keys: the keys of the trainer config a plain override can set (not those the
+            command line added with ``+``).
+        monitor_keys: callback -> config key of its monitor, e.g. ``callbacks.stop.monitor``.
+    """
+
+    def __init__(self, trainer_keys: Collection[str], monitor_keys: Mapping[Any, str]) -> None:
+        self.trainer_keys = frozenset(trainer_keys)
+        self.monitor_keys = {id(callback): key for callback, key in monitor_keys.items()}
+
+    def trainer(self, name: str, value: Any) -> str:
+        plus = "" if name in self.trainer_keys else "+"
+        return f"{plus}trainer.{name}={override_value(value)}"
+
+    def schedule(self, name: str, value: Any) -> str:
+        return f"schedule.{name}={override_value(value)}"
+
+    def stage_one_bound(self) -> str:
+        return "stage1_max_epochs=..."
+
+    def monitor(self, callback: Any) -> str:
+        key = self.monitor_keys.get(id(callback))
+        return super().monitor(callback) if key is None else f"{key}={callback.monitor}"
+
+
+def added_keys(overrides: Sequence[str]) -> set[str]:
+    """The config keys that command-line ``overrides`` add (``+key=value``, ``++key=value``):
+    absent from the primary config, so a fix must add them too."""
+    return {item.lstrip("+").split("=", 1)[0] for item in overrides if item.startswith("+")}
+
+
+def override_value(value: Any) -> str:
+    """``value`` as a command-line override writes it (``null``, ``true``, ``1.0``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
 
 
 def views_override(views: Sequence[str]) -> str:

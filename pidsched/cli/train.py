@@ -26,7 +26,7 @@ import json
 import logging
 import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +43,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 from torch import nn
 
-from pidsched.callbacks import PIDScheduleWarning
+from pidsched.callbacks import PIDSchedulerCallback, PIDScheduleWarning
 from pidsched.cli.checks import (
     EXIT_CONFIG_ERROR,
+    CommandLineSpelling,
     ConfigError,
+    added_keys,
     check_fusion,
     check_group_nodes,
     check_modality_count,
@@ -211,14 +213,36 @@ def build_model(model_cfg: DictConfig, datamodule: Any) -> L.LightningModule:
         )
 
 
-def build_extra_callbacks(callbacks_cfg: Mapping[str, Any] | None) -> list[Callback]:
-    """The ``callbacks`` config (name -> config with ``_target_``), instantiated in order.
+def build_extra_callbacks(callbacks_cfg: Mapping[str, Any] | None) -> dict[str, Callback]:
+    """The ``callbacks`` config (name -> config with ``_target_``), instantiated in order:
+    name -> callback.
 
     This is where callbacks beyond the schedule and the checkpoints join the run, e.g. the
     report callback of :mod:`pidsched.viz` (``pid_history.csv``, ``pid_curves.png``, W&B charts).
     A ``null`` entry is skipped, so ``callbacks.report=null`` removes one.
     """
-    return [instantiate(c) for c in (callbacks_cfg or {}).values() if c is not None]
+    return {name: instantiate(c) for name, c in (callbacks_cfg or {}).items() if c is not None}
+
+
+def check_schedule_settings(
+    scheduler: PIDSchedulerCallback,
+    trainer: L.Trainer,
+    trainer_cfg: Mapping[str, Any],
+    modality_names: Sequence[str],
+    extra_callbacks: Mapping[str, Callback],
+) -> None:
+    """The schedule's Trainer checks (:meth:`PIDSchedulerCallback.check_trainer`) before the
+    fit, their messages naming the overrides that fix them: a :class:`ConfigError`, where
+    ``trainer.fit`` would have raised them with a traceback in Python's terms."""
+    added = added_keys(HydraConfig.get().overrides.task)
+    spelling = CommandLineSpelling(
+        trainer_keys=[key for key in trainer_cfg if f"trainer.{key}" not in added],
+        monitor_keys={cb: f"callbacks.{name}.monitor" for name, cb in extra_callbacks.items()},
+    )
+    try:
+        scheduler.check_trainer(trainer, modality_names, spelling)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def final_pid(history: list[Mapping[str, Any]]) -> dict[str, Any] | None:
@@ -342,7 +366,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         selection = JointStageCheckpoint(checkpoint_dir, scheduler, **cfg.selection)
     last = last_checkpoint(checkpoint_dir)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    callbacks = [scheduler, selection, last, *build_extra_callbacks(cfg.get("callbacks"))]
+    extra_callbacks = build_extra_callbacks(cfg.get("callbacks"))
+    callbacks = [scheduler, selection, last, *extra_callbacks.values()]
     if isinstance(logger, CSVLogger):
         # Reads a resumed run's metrics.csv before the logger deletes it (log_hyperparams below).
         callbacks.append(KeepCSVHistory(logger))
@@ -353,6 +378,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             callbacks=callbacks,
             logger=logger,
         )
+    check_schedule_settings(
+        scheduler, trainer, cfg.trainer, datamodule.modality_names, extra_callbacks
+    )
     if logger:
         trainer.logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
