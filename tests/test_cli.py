@@ -24,9 +24,16 @@ from pidsched.cli.checks import (
     EXIT_CONFIG_ERROR,
     ConfigError,
     check_group_nodes,
+    null_group_message,
 )
 from pidsched.cli.selection import JointStageCheckpoint
-from pidsched.cli.train import build_encoders, format_summary, group_options, train
+from pidsched.cli.train import (
+    build_encoders,
+    config_groups,
+    format_summary,
+    group_options,
+    train,
+)
 from pidsched.data import MFeatDataModule
 
 COMMAND = shutil.which("pidsched-train") or str(Path(sys.executable).with_name("pidsched-train"))
@@ -578,3 +585,32 @@ def test_config_error_is_a_value_error_naming_every_missing_encoder():
     with pytest.raises(ConfigError, match=r"'fou' \(kind 'vector'\), 'pix'"):
         build_encoders({}, MFeatDataModule())
     assert issubclass(ConfigError, ValueError)
+
+
+def test_a_config_group_set_to_null_names_its_removal_and_the_removal_runs(tmp_path):
+    """``logger=null`` ended in Hydra's traceback ("Config group override must be a string or a
+    list. Got NoneType"); now one message naming ``~logger`` and the options, exit status 2."""
+    failed = run_command(
+        ["logger=null", f"hydra.run.dir={tmp_path / 'bad'}", *TINY],
+        cwd=tmp_path,
+        returncode=EXIT_CONFIG_ERROR,
+    )
+    assert "Traceback" not in failed.stderr
+    assert failed.stderr.strip() == (
+        "pidsched-train: error: logger=null sets the config group logger to null, which Hydra "
+        "cannot do; remove it with ~logger or choose one of its options: logger=<option> "
+        "(options: csv, tensorboard, wandb)."
+    )
+    run_dir = tmp_path / "fixed"
+    run_command(["~logger", f"hydra.run.dir={run_dir}", *TINY], cwd=tmp_path)
+    assert (run_dir / "summary.json").is_file() and not (run_dir / "metrics.csv").exists()
+    assert not list(run_dir.rglob("metrics.csv"))
+
+
+def test_null_group_messages_cover_nested_groups_and_leave_keys_alone():
+    groups = config_groups()
+    assert groups["model/fusion"] == ["concat", "film", "gated", "sum"]
+    nested = null_group_message(["+model/encoder@model.encoder.audio=null"], groups)
+    assert "remove it with ~model/encoder@model.encoder.audio or" in nested
+    # Keys (not groups) may be null: callbacks.report=null removes a callback.
+    assert null_group_message(["callbacks.report=null", "resume=null"], groups) is None

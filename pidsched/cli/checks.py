@@ -101,6 +101,24 @@ class CommandLineSpelling(Spelling):
         return super().monitor(callback) if key is None else f"{key}={callback.monitor}"
 
 
+def null_group_message(args: Sequence[str], groups: Mapping[str, Sequence[str]]) -> str | None:
+    """The error for a command-line override that sets a config group to ``null``
+    (``logger=null``, ``+model/encoder@model.encoder.audio=null``), else None: Hydra refuses it
+    with a traceback; the group is removed with ``~group`` or set to one of its options."""
+    for arg in args:
+        key, equals, value = arg.partition("=")
+        group = key.lstrip("+").split("@")[0]
+        if equals and value == "null" and group in groups:
+            removal = "~" + key.lstrip("+")
+            options = ", ".join(groups[group])
+            return (
+                f"{arg} sets the config group {group} to null, which Hydra cannot do; remove it "
+                f"with {removal} or choose one of its options: {group}=<option> "
+                f"(options: {options})."
+            )
+    return None
+
+
 def added_keys(overrides: Sequence[str]) -> set[str]:
     """The config keys that command-line ``overrides`` add (``+key=value``, ``++key=value``):
     absent from the primary config, so a fix must add them too."""

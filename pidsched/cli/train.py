@@ -22,11 +22,13 @@ history, selected checkpoint and summary are those the uninterrupted run would h
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import logging
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,7 @@ from pidsched.cli.checks import (
     check_ogm_ge_fusion,
     checked_max_epochs,
     missing_encoder_message,
+    null_group_message,
     settings_of,
     stage_two_warning,
 )
@@ -424,12 +427,43 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="pkg://pidsched.conf", config_name="config")
-def main(cfg: DictConfig) -> float | None:
-    """Console entry point ``pidsched-train``.
+def main() -> None:
+    """Console entry point ``pidsched-train``: :func:`run` under Hydra.
 
     A config that cannot run ends the command with its :class:`ConfigError` message (the
-    override that fixes it) on standard error, no traceback, and exit status 2.
+    override that fixes it) on standard error, no traceback, and exit status 2; so does a
+    config group set to ``null`` (``logger=null``), which Hydra itself would end with a
+    traceback.
+    """
+    message = null_group_message(sys.argv[1:], config_groups())
+    if message:
+        fail(message)
+    run()
+
+
+def config_groups() -> dict[str, list[str]]:
+    """pidsched's config groups (``"model/fusion"``) and their options, read from the installed
+    ``conf/`` (:func:`group_options` needs a Hydra run, which a ``null`` group never starts)."""
+    groups: dict[str, list[str]] = {}
+
+    def walk(folder: Traversable, prefix: str) -> None:
+        for entry in folder.iterdir():
+            if entry.is_dir() and not entry.name.startswith(("_", ".")):
+                group = f"{prefix}{entry.name}"
+                groups[group] = sorted(
+                    item.name.removesuffix(".yaml")
+                    for item in entry.iterdir()
+                    if item.name.endswith(".yaml")
+                )
+                walk(entry, f"{group}/")
+
+    walk(importlib.resources.files("pidsched.conf"), "")
+    return groups
+
+
+@hydra.main(version_base="1.3", config_path="pkg://pidsched.conf", config_name="config")
+def run(cfg: DictConfig) -> float | None:
+    """One ``pidsched-train`` run (or sweep job) of the composed config ``cfg``.
 
     Returns:
         The validation score of the selected checkpoint (for Hydra sweepers; never a test
