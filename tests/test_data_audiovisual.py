@@ -92,6 +92,16 @@ def test_read_wav_decodes_float_and_extensible_headers(tmp_path):
         np.testing.assert_allclose(decoded, samples, atol=1e-4)
 
 
+def test_a_clip_of_an_unsupported_sample_type_is_named_once(tmp_path):
+    root = make_cremad(tmp_path, clips_per_class=2)
+    train = CremaDDataModule(root, val_fraction=0.5, image_size=32).split_dataset("train")
+    path = root / "AudioWAV" / f"{train.clips[0].clip_id}.wav"
+    wavfile.write(path, 8000, np.zeros(800, dtype=np.int64))  # 64-bit PCM
+    with pytest.raises(ValueError, match="unsupported sample type int64") as refused:
+        train[0]
+    assert str(refused.value).count(str(path)) == 1
+
+
 def test_an_unreadable_clip_is_named(tmp_path):
     root = make_cremad(tmp_path, clips_per_class=2)
     train = CremaDDataModule(root, val_fraction=0.5, image_size=32).split_dataset("train")

@@ -81,7 +81,10 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
     elif data.dtype.kind == "f":
         samples = data.astype(np.float32)
     else:
-        raise ValueError(f"{path}: unsupported sample type {data.dtype}.")
+        # No path here: the dataset's error names the clip (see AudioVisualDataset.__getitem__).
+        raise ValueError(
+            f"unsupported sample type {data.dtype}; use PCM of 8, 16, 24 or 32 bits or float."
+        )
     return (samples if samples.ndim == 1 else samples.mean(axis=1)), int(rate)
 
 
