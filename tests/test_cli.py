@@ -484,10 +484,17 @@ CKPT = "lightning.pytorch.callbacks.ModelCheckpoint"
             r"stage 1 with stage1_max_epochs=\.\.\. instead",
             None,
         ),
+        # Spawned processes return no callback state: the summary said stage 2 never started.
+        (
+            ["trainer.devices=2", "+trainer.strategy=ddp_spawn_find_unused_parameters_true"],
+            r"^trainer\.strategy=ddp_spawn_find_unused_parameters_true runs the fit in spawned "
+            r"processes, .* use \+trainer\.strategy=ddp_find_unused_parameters_true\.$",
+            None,
+        ),
         (
             ["+trainer.strategy=ddp"],
             r"DDP must allow unused parameters: use \+trainer\.strategy="
-            r"ddp_find_unused_parameters_true \(or \+trainer\.strategy=ddp_spawn_",
+            r"ddp_find_unused_parameters_true\.$",
             None,
         ),
     ],

@@ -35,6 +35,8 @@ from pidsched.callbacks.trainer_checks import (
     check_strategy,
     check_trainer_features,
     check_validation_loop,
+    padded_validation,
+    spawns_processes,
 )
 from pidsched.controllers import Controller, Decision, PIDController, stage_one_budget
 from pidsched.metrics.fastpid import FastPID
@@ -77,7 +79,8 @@ class PIDSchedulerCallback(Callback):
     decision is taken on it: the controller is asked as on an unprobed epoch and a
     :class:`PIDScheduleWarning` says so. With ``num_bootstrap = B > 0`` every probe also carries
     B bootstrap replicates of each atom (passed to the controller, not stored) and their
-    ``interval_level`` percentile interval (stored in ``history``).
+    ``interval_level`` interval (stored in ``history``): the widened basic interval of
+    :func:`~pidsched.functional.bootstrap.bootstrap_interval`, clamped at 0.
 
     Traps it warns about (:class:`PIDScheduleWarning`): ``max_epochs`` too small for stage 2 to
     start (at setup), a fit that ended in stage 1 (its fusion head is untrained), and a branch
@@ -86,7 +89,10 @@ class PIDSchedulerCallback(Callback):
 
     Pausing is real: a paused branch is in ``eval()``, runs without autograd and has no loss term,
     so its parameters, BatchNorm statistics and optimiser state stay bit-for-bit unchanged. Under
-    DDP this needs ``strategy="ddp_find_unused_parameters_true"`` (checked at setup).
+    DDP this needs ``strategy="ddp_find_unused_parameters_true"`` (checked at setup); with a
+    spawned strategy (``ddp_spawn``) the schedule runs in the spawned processes and this object
+    is not updated (a warning says so), and a validation sampler that pads the ranks' shares
+    with repeated samples makes the probe count them twice (a warning says so too).
 
     At the switch the branch weights (encoders and unimodal heads) saved on the CPU at the
     peak-synergy probe are restored (``restore_peak=False`` keeps the last weights, as the paper's
@@ -132,7 +138,8 @@ class PIDSchedulerCallback(Callback):
             memory is bounded by this many rows of the probed outputs. 1 updates every batch.
         num_bootstrap: B, bootstrap replicates per probe of the default metric (0: none). A
             controller with ``needs_replicates`` needs B > 0.
-        interval_level: central probability of the recorded percentile intervals.
+        interval_level: nominal coverage of the recorded bootstrap intervals (widened basic
+            intervals, :func:`~pidsched.functional.bootstrap.bootstrap_interval`).
 
     Raises:
         ValueError: an argument is out of range, or the controller needs replicates and
@@ -208,6 +215,7 @@ class PIDSchedulerCallback(Callback):
         self.metric: MultimodalPID | None = None
         self._probing = False
         self._probe_batches = 0
+        self._warned_padding = False  # once per fit: see _warn_if_padded
         # Validation outputs not yet folded into the metrics: (per-modality values, target).
         self._buffer: list[tuple[dict[str, Tensor], Tensor]] = []
         self._buffered_samples = 0
@@ -250,6 +258,17 @@ class PIDSchedulerCallback(Callback):
             require_features=self.probe_inputs == "features",
         )
         self.check_trainer(trainer, pl_module.modality_names)
+        self._warned_padding = False
+        if spawns_processes(trainer):
+            rank_zero_warn(
+                "This fit runs in spawned processes (Trainer(strategy='ddp_spawn...' or "
+                "'ddp_fork'/'ddp_notebook')): the schedule runs correctly there, but this "
+                "callback object keeps its state from before the fit (history, stage, "
+                "switch_epoch stay unset after trainer.fit returns). Read the probes from the "
+                "logger or the report callback's files, or use "
+                "Trainer(strategy='ddp_find_unused_parameters_true').",
+                category=PIDScheduleWarning,
+            )
         if self.controller.needs_measurements:
             check_validation_loop(trainer, pl_module)
             self._names = tuple(pl_module.modality_names)
@@ -414,6 +433,7 @@ class PIDSchedulerCallback(Callback):
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._probing = self._is_probe_epoch(trainer)
         if self._probing:
+            self._warn_if_padded(trainer)
             self.metric.reset()
             self._probe_batches = 0
             self._buffer, self._buffered_samples = [], 0
@@ -437,6 +457,28 @@ class PIDSchedulerCallback(Callback):
         self._probe_batches += 1
         if self._buffered_samples >= self.probe_buffer_size:
             self._update_metric()
+
+    def _warn_if_padded(self, trainer: Trainer) -> None:
+        """Warn once per fit when the ranks see some validation samples twice (or not at all):
+        the synced probe then counts them so, and its PID is not that of the validation set."""
+        if self._warned_padding:
+            return
+        padded = padded_validation(trainer)
+        if padded is None:
+            return
+        self._warned_padding = True
+        repeated, dropped = padded
+        what = f"repeats {repeated}" if repeated else f"drops {dropped}"
+        rank_zero_warn(
+            f"The validation dataloader's DistributedSampler {what} of its samples so that "
+            "every rank gets as many, and the synced probe counts them so: "
+            "its PID is not exactly that of the validation set (3e-4 bits off at 63 samples on "
+            "2 ranks). Give the validation DataLoader "
+            "sampler=lightning.pytorch.overrides.distributed.UnrepeatedDistributedSampler("
+            "dataset, shuffle=False) (pidsched's data modules do), or a validation set whose "
+            "size is a multiple of the world size.",
+            category=PIDScheduleWarning,
+        )
 
     def _update_metric(self) -> None:
         """Fold the buffered validation outputs into the metric in one update."""

@@ -10,7 +10,7 @@ here, at setup, with what to do instead.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from typing import Any
 
 import lightning
@@ -18,6 +18,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
+from torch.utils.data import DistributedSampler
 
 __all__ = [
     "PYTHON_SPELLING",
@@ -26,6 +27,8 @@ __all__ = [
     "check_strategy",
     "check_trainer_features",
     "check_validation_loop",
+    "padded_validation",
+    "spawns_processes",
 ]
 
 
@@ -65,8 +68,7 @@ def check_strategy(trainer: Trainer, spelling: Spelling = PYTHON_SPELLING) -> No
             raise ValueError(
                 "PIDSchedulerCallback pauses branches and trains no fusion head in stage 1, so "
                 "DDP must allow unused parameters: use "
-                f"{spelling.trainer('strategy', 'ddp_find_unused_parameters_true')} (or "
-                f"{spelling.trainer('strategy', 'ddp_spawn_find_unused_parameters_true')})."
+                f"{spelling.trainer('strategy', 'ddp_find_unused_parameters_true')}."
             )
     elif not isinstance(strategy, SingleDeviceStrategy):
         raise ValueError(
@@ -74,6 +76,33 @@ def check_strategy(trainer: Trainer, spelling: Spelling = PYTHON_SPELLING) -> No
             f"{type(strategy).__name__}; use {spelling.trainer('strategy', 'auto')} on one "
             f"device or {spelling.trainer('strategy', 'ddp_find_unused_parameters_true')}."
         )
+
+
+def spawns_processes(trainer: Trainer) -> bool:
+    """Whether the fit runs in processes the caller spawns or forks (``ddp_spawn``,
+    ``ddp_fork``, ``ddp_notebook``): callbacks then change only their copies in those
+    processes, and the caller's objects keep their state from before the fit."""
+    strategy = trainer.strategy
+    if not isinstance(strategy, DDPStrategy):
+        return False
+    # Lightning has no public accessor for the start method ("popen": the script is re-run).
+    start_method = lightning_internal(strategy, "_start_method", "how DDP starts its processes")
+    return start_method != "popen"
+
+
+def padded_validation(trainer: Trainer) -> tuple[int, int] | None:
+    """``(repeated, dropped)`` samples of the probed (first) validation dataloader's distributed
+    sampler, when it repeats or drops some to give every rank as many (``DistributedSampler``,
+    as Lightning inserts it under DDP); None when the ranks see each sample exactly once."""
+    loaders = trainer.val_dataloaders
+    loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+    sampler = getattr(loader, "sampler", None)
+    if not isinstance(sampler, DistributedSampler) or not isinstance(sampler.dataset, Sized):
+        return None
+    size = len(sampler.dataset)
+    if sampler.total_size == size:
+        return None
+    return max(sampler.total_size - size, 0), max(size - sampler.total_size, 0)
 
 
 def check_validation_loop(trainer: Trainer, pl_module: LightningModule) -> None:

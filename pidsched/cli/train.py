@@ -46,6 +46,7 @@ from omegaconf.errors import MissingMandatoryValue
 from torch import nn
 
 from pidsched.callbacks import PIDSchedulerCallback, PIDScheduleWarning
+from pidsched.callbacks.trainer_checks import spawns_processes
 from pidsched.cli.checks import (
     EXIT_CONFIG_ERROR,
     CommandLineSpelling,
@@ -246,6 +247,15 @@ def check_schedule_settings(
         scheduler.check_trainer(trainer, modality_names, spelling)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    if spawns_processes(trainer):
+        # The summary, the selection and the history are read from the callbacks after the
+        # fit, and spawned processes return none of their state.
+        raise ConfigError(
+            f"trainer.strategy={trainer_cfg.get('strategy')} runs the fit in spawned processes, "
+            "which return neither the schedule nor the checkpoint selection to pidsched-train "
+            "(its summary would say stage 2 never started); use "
+            f"{spelling.trainer('strategy', 'ddp_find_unused_parameters_true')}."
+        )
 
 
 def final_pid(history: list[Mapping[str, Any]]) -> dict[str, Any] | None:

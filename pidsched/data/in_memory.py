@@ -13,8 +13,9 @@ from collections.abc import Mapping, Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 from typing_extensions import override
 
 #: Modality kinds a DataModule reports, one per modality; the app picks an encoder per kind.
@@ -164,14 +165,27 @@ class MultimodalDataModule(L.LightningDataModule, ABC):
 
     def _loader(self, split: str) -> DataLoader:
         dataset = self.split_dataset(split)
-        sampler = EpochShuffleSampler(dataset) if split == "train" else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            sampler=sampler,
+            sampler=self._sampler(split, dataset),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=self._pins_memory(),
+        )
+
+    def _sampler(self, split: str, dataset: Dataset) -> Sampler | None:
+        """The training split's per-epoch shuffle; under DDP, evaluation splits shard each
+        sample to exactly one rank. Lightning's default DistributedSampler would pad them with
+        repeated samples to an equal share per rank, and the synced PID probe, accuracies and
+        test metrics would count those twice."""
+        if split == "train":
+            return EpochShuffleSampler(dataset)
+        trainer = self.trainer
+        if trainer is None or trainer.world_size == 1:
+            return None
+        return UnrepeatedDistributedSampler(
+            dataset, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
         )
 
     @override
