@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities.compile import to_uncompiled
 from torch import Tensor, nn
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassF1Score
 from typing_extensions import override
 
@@ -125,6 +126,31 @@ def build_scheduler(spec: Mapping[str, Any], optimizer: torch.optim.Optimizer) -
     return config
 
 
+class _SampleMean(Metric):
+    """Mean of per-batch values weighted by their batch sizes, over an epoch and every rank.
+
+    torchmetrics' ``MeanMetric`` either drops NaNs (hiding a diverged loss) or, with
+    ``nan_strategy="disable"``, ignores the weights (torchmetrics 1.9); this keeps both.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        # float32 as Lightning's own means (float64 is not on every accelerator).
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, value: Tensor, batch_size: int) -> None:
+        """Add a batch's mean ``value`` (0-d) over ``batch_size`` samples."""
+        self.total += value.detach().float() * batch_size
+        self.count += batch_size
+
+    def compute(self) -> Tensor:
+        """The mean over every sample (NaN when a value was)."""
+        return self.total / self.count
+
+
 class MultimodalClassifier(PausableBranchesMixin, LightningModule):
     """Late-fusion classifier with per-modality branches, trained in two stages.
 
@@ -205,6 +231,9 @@ class MultimodalClassifier(PausableBranchesMixin, LightningModule):
         )
         self.fusion = ConcatFusion(feature_dims, num_classes) if fusion is None else fusion
         _check_fusion(self.fusion, feature_dims, num_classes)
+        # Created on first use, per logged name and dataloader (see _epoch_mean); their states
+        # are not persistent, so checkpoints do not change.
+        self._epoch_means = nn.ModuleDict()
         self.test_macro_f1 = nn.ModuleDict(
             {
                 head: MulticlassF1Score(num_classes, average="macro")
@@ -356,7 +385,6 @@ class MultimodalClassifier(PausableBranchesMixin, LightningModule):
         dataloader_idx: int = 0,
     ) -> None:
         batch_size = target.shape[0]
-        distributed = split != "train"
         # The first dataloader keeps the plain names (the callback probes it, selection and
         # monitors read them); Lightning suffixes the others with "/dataloader_idx_<i>".
         suffixed = dataloader_idx != 0
@@ -367,17 +395,40 @@ class MultimodalClassifier(PausableBranchesMixin, LightningModule):
                 for name, logits in predictions.items()
             }
         )
-        self.log_dict(
-            values, batch_size=batch_size, sync_dist=distributed, add_dataloader_idx=suffixed
-        )
-        self.log(
-            f"{split}/loss",
-            loss,
-            batch_size=batch_size,
-            sync_dist=distributed,
-            prog_bar=True,
-            add_dataloader_idx=suffixed,
-        )
+        values[f"{split}/loss"] = loss
+        if split == "train":
+            for name, value in values.items():
+                self.log(name, value, batch_size=batch_size, prog_bar=name == "train/loss")
+            return
+        for name, value in values.items():
+            attribute = self._epoch_mean(name, dataloader_idx)
+            self._epoch_means[attribute].update(value, batch_size)
+            self.log(
+                name,
+                self._epoch_means[attribute],
+                on_step=False,
+                on_epoch=True,
+                prog_bar=name == f"{split}/loss",
+                add_dataloader_idx=suffixed,
+                # Lightning looks metric attributes up once; these are created as they come.
+                metric_attribute=f"_epoch_means.{attribute}",
+            )
+
+    def _epoch_mean(self, name: str, dataloader_idx: int) -> str:
+        """The key in ``_epoch_means`` of the sample-weighted mean over the epoch of a
+        validation or test value ``name``.
+
+        A torchmetrics metric logged as an object, so that under DDP the epoch's value
+        is the mean over every sample of every rank, exactly: Lightning's own mean of logged
+        tensors divides by the ranks' mean batch count as an integer (64 for shares of 65 and
+        64 samples), which is not exact when evaluation samples are not repeated to pad the
+        ranks' shares (pidsched's data modules do not repeat them, so that the PID probe counts
+        each sample once).
+        """
+        key = f"{name}@{dataloader_idx}".replace(".", "_")
+        if key not in self._epoch_means:
+            self._epoch_means[key] = _SampleMean().to(self.device)
+        return key
 
     @override
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
