@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -118,6 +119,22 @@ def _text_file(tmp_path):
     return path
 
 
+def _write_one_array(path):
+    """What np.save writes (one .npy array), under an .npz name."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((3, 2)))
+    path.write_bytes(buffer.getvalue())
+
+
+def _not_an_archive(write):
+    def make(tmp_path):
+        path = tmp_path / "features.npz"
+        write(path)
+        return path
+
+    return make
+
+
 def _broken(change):
     def make(tmp_path):
         arrays = features(60)
@@ -185,6 +202,25 @@ def _broken(change):
             ValueError,
             "Python objects",
         ),
+        # numpy's messages said "pickled data ... load it unsafely" or "context manager".
+        (
+            _not_an_archive(lambda p: p.write_text("audio,video,label\n")),
+            {},
+            ValueError,
+            r"is not a numpy \.npz archive.*numpy\.savez\(path, audio=",
+        ),
+        (
+            _not_an_archive(_write_one_array),
+            {},
+            ValueError,
+            r"holds a single array \(\(3, 2\)\), not an \.npz archive",
+        ),
+        (
+            _broken(lambda a: a.update(video=np.zeros((60, 0)))),
+            {},
+            ValueError,
+            r"'video' has shape \(60, 0\).*D >= 1",
+        ),
     ],
     ids=[
         "missing file",
@@ -202,6 +238,9 @@ def _broken(change):
         "float labels",
         "bad split names",
         "object array",
+        "text named .npz",
+        "np.save output",
+        "zero-width view",
     ],
 )
 def test_bad_files_say_what_the_file_holds(tmp_path, make_file, kwargs, error, match):

@@ -12,6 +12,7 @@ same way when ``h5py`` is installed (top-level datasets only).
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -113,7 +114,22 @@ def read_arrays(path: str | Path) -> dict[str, np.ndarray]:
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     arrays = {}
-    with np.load(path, allow_pickle=False) as archive:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as error:
+        # numpy's own messages (a text file "contains pickled data ... load it unsafely") would
+        # point the wrong way.
+        raise ValueError(
+            f"`path`={str(path)!r} is not a numpy .npz archive ({type(error).__name__}); write "
+            "it with numpy.savez(path, audio=..., video=..., label=...)."
+        ) from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):  # a single array saved by np.save
+        raise ValueError(
+            f"`path`={str(path)!r} holds a single array ({archive.shape}), not an .npz "
+            "archive of named arrays; write it with numpy.savez(path, audio=..., video=..., "
+            "label=...)."
+        )
+    with archive:
         for name in archive.files:
             try:
                 arrays[name] = archive[name]
@@ -253,10 +269,16 @@ class ArraysDataModule(InMemoryMultimodalDataModule):
 
     def _features(self, arrays: Mapping[str, np.ndarray], name: str, num_samples: int) -> Tensor:
         values = arrays[name]
-        if values.ndim != 2 or values.shape[0] != num_samples or values.dtype.kind not in "biuf":
+        if (
+            values.ndim != 2
+            or values.shape[0] != num_samples
+            or values.shape[1] == 0
+            or values.dtype.kind not in "biuf"
+        ):
             raise ValueError(
                 f"feature array {name!r} has shape {values.shape} and dtype {values.dtype}; "
-                f"expected numbers shaped (N, D) with N = {num_samples} (the labels' length). "
+                f"expected numbers shaped (N, D) with N = {num_samples} (the labels' length) "
+                "and D >= 1. "
                 f"The file holds {_describe(arrays)}; pick the feature arrays with data.views."
             )
         features = torch.from_numpy(values.astype(np.float32))
