@@ -10,7 +10,7 @@ import torch
 from _lightning_helpers import UncertifiedFastPID
 
 from pidsched.functional.multimodal import MultimodalPIDResult, one_vs_rest_inputs
-from pidsched.metrics import FastPID, MultimodalPID
+from pidsched.metrics import ClusteredFastPID, FastPID, MultimodalPID
 
 NUM_CLASSES = 3
 TWO_TOL = 2e-7
@@ -227,3 +227,27 @@ def test_forward_returns_the_batch_and_accumulates():
 
 def _bits(per_modality):
     return {name: value.item() for name, value in per_modality.items()}
+
+
+@pytest.mark.parametrize(
+    ("inputs", "shapes", "match"),
+    [
+        (
+            "logits",
+            {"b": (50, 7)},
+            r"`values\['b'\]` to be logits shaped \(N, 4\), but got \(50, 7\)",
+        ),
+        ("logits", {"b": (10, 4)}, r"`values\['b'\]` has 10 rows and `values\['a'\]` 50"),
+        ("features", {"b": (50,)}, r"`values\['b'\]` to be features shaped \(N, D\)"),
+        ("features", {"c": (10, 3)}, r"`values\['c'\]` has 10 rows and `values\['a'\]` 50"),
+    ],
+)
+def test_three_modalities_with_bad_shapes_are_named(inputs, shapes, match):
+    """With three modalities the others are combined before any pair metric checks them, and
+    the errors came from torch.stack/torch.cat without a modality name."""
+    factory = FastPID if inputs == "logits" else functools.partial(ClusteredFastPID, num_clusters=3)
+    metric = MultimodalPID(("a", "b", "c"), 4, factory, inputs=inputs)
+    width = 4 if inputs == "logits" else 3
+    values = {name: torch.randn(shapes.get(name, (50, width))) for name in ("a", "b", "c")}
+    with pytest.raises(ValueError, match=match):
+        metric.update(values, torch.randint(0, 4, (50,)))

@@ -147,8 +147,34 @@ class MultimodalPID(WrapperMetric):
                 f"Expected `values` to hold the modalities {list(self.modality_names)}, but got "
                 f"{sorted(values)}."
             )
+        self._check_shapes(values)
         pairs = one_vs_rest_inputs(values, self.modality_names, self.inputs)
         return list(zip(self.pair_metrics, pairs, strict=True))
+
+    def _check_shapes(self, values: Mapping[str, Tensor]) -> None:
+        """Every modality's values a 2-D tensor of the same N (logits: ``(N, K)``). With three
+        or more modalities they are combined before a pair metric checks them, and the error
+        came from ``torch.stack`` without a modality name."""
+        first = self.modality_names[0]
+        for name in self.modality_names:
+            value = values[name]
+            width = f"(N, {self.num_classes})" if self.inputs == "logits" else "(N, D)"
+            if (
+                not isinstance(value, Tensor)
+                or value.ndim != 2
+                or (self.inputs == "logits" and value.shape[1] != self.num_classes)
+            ):
+                got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(
+                    f"Expected `values[{name!r}]` to be {self.inputs} shaped {width}, but got "
+                    f"{got}."
+                )
+            if value.shape[0] != values[first].shape[0]:
+                raise ValueError(
+                    f"Expected every modality's values to hold the same samples, but "
+                    f"`values[{name!r}]` has {value.shape[0]} rows and `values[{first!r}]` "
+                    f"{values[first].shape[0]}."
+                )
 
     def _combine(self, results: list[Any]) -> MultimodalPIDResult:
         """One result of the pair metrics' results (and of their replicates, where all have)."""
