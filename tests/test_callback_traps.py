@@ -168,3 +168,16 @@ def test_a_spawned_fit_is_warned_about_and_recognised():
         callback.setup(spawn, make_model(), "fit")
     script = make_trainer(1, devices=2, strategy="ddp_find_unused_parameters_true")
     assert not spawns_processes(script) and not spawns_processes(make_trainer(1))
+
+
+def test_an_exact_probe_of_many_classes_is_warned_about():
+    """A 309-class default probe did not finish in 10 minutes, silently (stop 28's QA)."""
+    big = PIDSchedulerCallback(129, PIDController())
+    with pytest.warns(PIDScheduleWarning, match=r"129 x 129 x 129 joint.*ClusteredFastPID"):
+        big._names = ("a", "b")
+        big._make_metric()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        small = PIDSchedulerCallback(128, PIDController())
+        small._names = ("a", "b")
+        small._make_metric()

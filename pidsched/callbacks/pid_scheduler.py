@@ -48,6 +48,8 @@ __all__ = ["PIDScheduleWarning", "PIDSchedulerCallback"]
 
 _PROBE_INPUTS = ("logits", "features")
 _DISCRETIZATIONS = ("soft", "hard")
+# Classes above which the default exact probe (a K^3 joint) is warned about as slow.
+_LARGE_EXACT_PROBE = 128
 # The bootstrap generator's seed of the default metric: a fixed seed makes runs repeatable.
 _BOOTSTRAP_SEED = 0
 
@@ -310,6 +312,17 @@ class PIDSchedulerCallback(Callback):
             check_probe_settings(trainer, self.probe_every_n_epochs, spelling)
 
     def _make_metric(self) -> MultimodalPID:
+        if self.metric_factory is None and self.num_classes > _LARGE_EXACT_PROBE:
+            rank_zero_warn(
+                f"The default probe solves a {self.num_classes} x {self.num_classes} x "
+                f"{self.num_classes} joint per pair every probe epoch: about 5 s at 101 classes on "
+                "one CPU thread, many minutes at 309. For this many classes probe clustered "
+                "embeddings: PIDSchedulerCallback(metric_factory=functools.partial("
+                "ClusteredFastPID, num_clusters=20), probe_inputs='features') (pidsched-train: "
+                "schedule=pid_paper), with validation samples in the thousands "
+                "(docs/method.md, 'Probe memory and cost per K').",
+                category=PIDScheduleWarning,
+            )
         if self.metric_factory is None:
             bootstrap = (
                 {"num_bootstrap": self.num_bootstrap, "seed": _BOOTSTRAP_SEED}
