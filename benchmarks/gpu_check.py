@@ -43,10 +43,6 @@ from pathlib import Path
 
 import torch
 
-# The probed arm is overhead.py's (this file is also loaded by path, outside benchmarks/).
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import ProbingJointController
-
 REPO = Path(__file__).resolve().parents[1]
 NO_CUDA_EXIT = 2
 
@@ -251,7 +247,7 @@ def _fit_rate(arm: str, device: torch.device, sizes: Sizes, precision: str, load
     import lightning as L
     from lightning.pytorch import Callback
 
-    from pidsched import MultimodalClassifier, PIDSchedulerCallback
+    from pidsched import JointController, MultimodalClassifier, PIDSchedulerCallback
     from pidsched.models.encoders import ResNet18Encoder
 
     class EpochClock(Callback):
@@ -276,7 +272,7 @@ def _fit_rate(arm: str, device: torch.device, sizes: Sizes, precision: str, load
     clock = EpochClock()
     callbacks = [clock]
     if arm == "probed":
-        callbacks.insert(0, PIDSchedulerCallback(NUM_CLASSES, ProbingJointController()))
+        callbacks.insert(0, PIDSchedulerCallback(NUM_CLASSES, JointController(measure=True)))
     trainer = L.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=1,
@@ -350,7 +346,7 @@ def compile_check(device: torch.device, backend: str, model_kind: str, epochs: i
     from lightning.pytorch import Callback
     from torch._dynamo.utils import counters
 
-    from pidsched import MultimodalClassifier, PIDSchedulerCallback
+    from pidsched import JointController, MultimodalClassifier, PIDSchedulerCallback
     from pidsched.models.encoders import MLPEncoder, ResNet18Encoder
 
     class StepClock(Callback):
@@ -404,7 +400,7 @@ def compile_check(device: torch.device, backend: str, model_kind: str, epochs: i
             enable_progress_bar=False,
             enable_model_summary=False,
             num_sanity_val_steps=0,
-            callbacks=[PIDSchedulerCallback(num_classes, ProbingJointController()), clock],
+            callbacks=[PIDSchedulerCallback(num_classes, JointController(measure=True)), clock],
         )
         fitted = model if arm == "eager" else torch.compile(model, backend=backend)
         trainer.fit(fitted, *loaders)

@@ -60,16 +60,6 @@ SETTINGS: dict[str, tuple[tuple[str, ...], int]] = {
 QUICK = (("experiment=synthetic_competition", "data.num_samples=600"), 1)
 
 
-class ProbingJointController(JointController):
-    """Joint training throughout, with a probe after every epoch (the callback's full work).
-
-    The probed arm of this benchmark and of ``benchmarks/gpu_check.py``: it isolates the cost of
-    probing from any change of what is trained.
-    """
-
-    needs_measurements = True
-
-
 HOOKS = (
     "setup",
     "on_fit_start",
@@ -171,7 +161,7 @@ def run_once(overrides: list[str], epochs: int, num_bootstrap: int | None) -> di
     if probed:
         callback = PIDSchedulerCallback(
             int(datamodule.num_classes),
-            controller=ProbingJointController(),
+            controller=JointController(measure=True),
             probe_every_n_epochs=1,
             num_bootstrap=num_bootstrap,
         )

@@ -10,8 +10,9 @@ sequences and lets one callback run the method, its ablation and the classic bas
   or with ``signal="mutual_information"`` on I(X_m;Y) (the paper's MI ablation); optional
   evidence rules (``confidence`` on bootstrap replicates, ``persistence`` over probes).
 - :class:`MIController`: deprecated alias of ``PIDController(signal="mutual_information")``.
-- :class:`FixedController`: a fixed number of unimodal epochs, then joint; measures nothing.
-- :class:`JointController`: plain joint training from the first epoch; measures nothing.
+- :class:`FixedController`: a fixed number of unimodal epochs, then joint; it measures only
+  when asked (``measure=True``, to record the curves).
+- :class:`JointController`: plain joint training from the first epoch; likewise.
 
 A probe is the history record documented in ``docs/architecture.md``: a mapping with at least
 ``"unique"`` and ``"mutual_information_per_modality"`` (``{modality: bits}``) and ``"synergy"``
@@ -26,7 +27,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, NamedTuple
 
 from pidsched._checks import check_int_at_least
 from pidsched.stages import STAGE_JOINT, STAGE_UNIMODAL
@@ -65,15 +66,17 @@ class Controller(ABC):
     """Decision rules for stage 1. Subclasses hold their state as plain Python values.
 
     Attributes:
-        needs_measurements: whether :meth:`decide` uses probes; when False the callback never
-            measures PID (no validation pass is needed for the schedule).
+        needs_measurements: whether the callback probes (measures PID on the validation data
+            and records the curves); when False it never measures (no validation pass is needed
+            for the schedule). The baselines decide without probes and measure only when asked
+            (``measure=True``), to record the curves.
         needs_replicates: whether :meth:`decide` needs the probe's bootstrap replicates; the
             callback then requires ``num_bootstrap > 0``.
         initial_stage: the stage of the first training epoch.
     """
 
-    needs_measurements: ClassVar[bool]
-    # A plain attribute, so that a subclass may set it per instance or compute it (a property).
+    # Plain attributes, so that a subclass may set them per instance or compute them.
+    needs_measurements: bool
     needs_replicates: bool = False
 
     @property
@@ -131,6 +134,12 @@ def stage_one_budget(controller: Controller) -> StageOneBudget | None:
 
 def _check_non_negative_int(name: str, value: Any) -> int:
     check_int_at_least(name, value, 0, "a count of epochs or switches")
+    return value
+
+
+def _check_measure(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"`measure` must be True or False, got {value!r}.")
     return value
 
 
@@ -225,7 +234,7 @@ class PIDController(Controller):
         Decision(paused=frozenset({'audio'}), switch=False, peak=True)
     """
 
-    needs_measurements: ClassVar[bool] = True
+    needs_measurements = True
 
     def __init__(
         self,
@@ -494,13 +503,16 @@ class MIController(PIDController):
 
 
 class FixedController(Controller):
-    """Unimodal training for a fixed number of epochs, then joint training; measures nothing.
+    """Unimodal training for a fixed number of epochs, then joint training.
 
     Args:
         unimodal_epochs: stage-1 epochs; 0 starts joint training at once.
+        measure: probe like the PID schedules (every ``probe_every_n_epochs``) and record the
+            U/R/S curves, deciding nothing on them; False (the default) measures nothing.
 
     Raises:
         ValueError: ``unimodal_epochs`` is not a non-negative int.
+        TypeError: ``measure`` is not a bool.
 
     Example::
 
@@ -508,10 +520,9 @@ class FixedController(Controller):
         True
     """
 
-    needs_measurements: ClassVar[bool] = False
-
-    def __init__(self, unimodal_epochs: int) -> None:
+    def __init__(self, unimodal_epochs: int, measure: bool = False) -> None:
         self.unimodal_epochs = _check_non_negative_int("unimodal_epochs", unimodal_epochs)
+        self.needs_measurements = _check_measure(measure)
 
     @property
     def initial_stage(self) -> str:
@@ -525,7 +536,15 @@ class FixedController(Controller):
 
 
 class JointController(Controller):
-    """Plain joint training from the first epoch (the usual baseline); measures nothing.
+    """Plain joint training from the first epoch (the usual baseline).
+
+    Args:
+        measure: probe like the PID schedules (every ``probe_every_n_epochs``) and record the
+            U/R/S curves of joint training, deciding nothing on them; False (the default)
+            measures nothing.
+
+    Raises:
+        TypeError: ``measure`` is not a bool.
 
     Example::
 
@@ -533,7 +552,8 @@ class JointController(Controller):
         'joint'
     """
 
-    needs_measurements: ClassVar[bool] = False
+    def __init__(self, measure: bool = False) -> None:
+        self.needs_measurements = _check_measure(measure)
 
     @property
     def initial_stage(self) -> str:

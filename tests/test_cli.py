@@ -156,6 +156,16 @@ def test_multirun_writes_one_directory_per_job(tmp_path):
         expected = {"joint": 0, "fixed": 1}[summary["schedule"]]
         assert summary["switch_epoch"] == history["switch_epoch"] == expected
         assert summary["stage2_reached"] is True
+        # The baselines probe too (curves and a picture to compare), deciding nothing.
+        assert [record["epoch"] for record in history["records"]] == [0, 1]
+        assert summary["final_pid"]["epoch"] == 1
+
+
+def test_a_baseline_probes_unless_measure_is_off(tmp_path):
+    measured = train(compose_run(["schedule=joint", *TINY], tmp_path / "on"), tmp_path / "on")
+    assert measured["final_pid"] is not None and measured["final_pid"]["epoch"] == 0
+    off = ["schedule=joint", "schedule.controller.measure=false", *TINY]
+    assert train(compose_run(off, tmp_path / "off"), tmp_path / "off")["final_pid"] is None
 
 
 @pytest.mark.ddp

@@ -153,14 +153,24 @@ def test_state_round_trip_continues_identically():
     assert isinstance(resumed.state_dict()["paused"], list)
 
 
-def test_fixed_and_joint_controllers_measure_nothing():
+def test_fixed_and_joint_controllers_measure_only_when_asked():
     fixed = FixedController(unimodal_epochs=2)
     assert not fixed.needs_measurements and fixed.initial_stage == "unimodal"
     assert [fixed.decide(epoch, None).switch for epoch in (1, 2)] == [False, True]
     assert FixedController(unimodal_epochs=0).initial_stage == "joint"
-    assert not JointController.needs_measurements
+    assert not JointController().needs_measurements
     assert JointController().initial_stage == "joint"
     assert PIDController.needs_measurements
+    # measure=True records the curves; the decisions ignore the probes all the same.
+    measured = FixedController(unimodal_epochs=2, measure=True)
+    assert measured.needs_measurements and JointController(measure=True).needs_measurements
+    some_probe = probe({"a": 1.0, "b": 0.0}, 0.5)
+    assert [measured.decide(epoch, some_probe) for epoch in (1, 2)] == [
+        fixed.decide(epoch, None) for epoch in (1, 2)
+    ]
+    for make in (lambda: JointController(measure="yes"), lambda: FixedController(1, measure=1)):
+        with pytest.raises(TypeError, match="`measure` must be True or False"):
+            make()
 
 
 @pytest.mark.parametrize(
