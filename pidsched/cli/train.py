@@ -28,9 +28,8 @@ import logging
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
-from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 import lightning as L
@@ -66,6 +65,9 @@ from pidsched.cli.csv_history import KeepCSVHistory
 from pidsched.cli.run_config import restore_run_config
 from pidsched.cli.selection import JOINT_STAGE, JointStageCheckpoint
 from pidsched.viz.history import HISTORY_JSON_NAME, RunHistory, write_history_json
+
+if TYPE_CHECKING:  # importlib.resources.abc is Python 3.11+; annotations only
+    from importlib.resources.abc import Traversable
 
 SUMMARY_NAME = "summary.json"
 # The callback's own warnings that stage 2 is out of reach (regular expressions matched at the
