@@ -221,6 +221,12 @@ def _broken(change):
             ValueError,
             r"'video' has shape \(60, 0\).*D >= 1",
         ),
+        (
+            _broken(lambda a: a.update(fold=np.array(["train"] * 40 + ["val", "test"] * 10))),
+            {},
+            ValueError,
+            r"'fold' has shape \(60,\).*as 'fold' holds split names, set data\.split=fold\.",
+        ),
     ],
     ids=[
         "missing file",
@@ -241,6 +247,7 @@ def _broken(change):
         "text named .npz",
         "np.save output",
         "zero-width view",
+        "unnamed split array",
     ],
 )
 def test_bad_files_say_what_the_file_holds(tmp_path, make_file, kwargs, error, match):

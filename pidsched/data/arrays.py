@@ -43,6 +43,16 @@ _NPZ_SUFFIXES = (".npz",)
 _HDF5_SUFFIXES = (".h5", ".hdf5")
 
 
+def _holds_split_names(values: np.ndarray) -> bool:
+    """Whether a 1-D array holds only split names (``train``/``val``/``test``): a split array
+    the user has not named with ``split``."""
+    return (
+        values.ndim == 1
+        and values.dtype.kind in "US"
+        and set(values.astype(str)) <= set(SPLIT_NAMES)
+    )
+
+
 def standardize(train: Tensor, *others: Tensor) -> list[Tensor]:
     """Scale every tensor by the per-feature mean and std of ``train`` only.
 
@@ -279,7 +289,12 @@ class ArraysDataModule(InMemoryMultimodalDataModule):
                 f"feature array {name!r} has shape {values.shape} and dtype {values.dtype}; "
                 f"expected numbers shaped (N, D) with N = {num_samples} (the labels' length) "
                 "and D >= 1. "
-                f"The file holds {_describe(arrays)}; pick the feature arrays with data.views."
+                f"The file holds {_describe(arrays)}; pick the feature arrays with data.views"
+                + (
+                    f", or, as {name!r} holds split names, set data.split={name}."
+                    if _holds_split_names(values)
+                    else "."
+                )
             )
         features = torch.from_numpy(values.astype(np.float32))
         if not torch.isfinite(features).all():
