@@ -19,7 +19,7 @@ from _lightning_helpers import (
 from lightning.pytorch import Callback, LightningModule
 from torch import nn
 
-from pidsched import JointController, OGMGECallback, PIDSchedulerCallback
+from pidsched import FixedController, JointController, OGMGECallback, PIDSchedulerCallback
 from pidsched.callbacks.ogm_ge import (
     discrepancy_ratios,
     modulate_gradients,
@@ -51,10 +51,13 @@ class GradientSpy(Callback):
             self.steps[0]["model"] = copy.deepcopy(pl_module)
 
 
-def fit_one_batch_per_epoch(ogm: OGMGECallback, max_epochs: int = 1, **model_kwargs):
-    """Joint training of the tiny model; spies record gradients before and after OGM-GE."""
+def fit_one_batch_per_epoch(
+    ogm: OGMGECallback, max_epochs: int = 1, controller=None, **model_kwargs
+):
+    """Joint training of the tiny model (or ``controller``'s schedule); spies record gradients
+    before and after OGM-GE."""
     before, after = GradientSpy(), GradientSpy()
-    schedule = PIDSchedulerCallback(NUM_CLASSES, controller=JointController())
+    schedule = PIDSchedulerCallback(NUM_CLASSES, controller=controller or JointController())
     trainer = make_trainer(
         max_epochs, [schedule, before, ogm, after], limit_train_batches=1, limit_val_batches=0
     )
@@ -192,6 +195,22 @@ def test_outside_the_epoch_window_gradients_are_untouched():
         for step, post in zip(before, after, strict=True)
     }
     assert changed == {0: False, 1: True, 2: False}
+
+
+def test_a_two_stage_schedule_is_modulated_in_its_joint_stage_only():
+    """Stage 1 trains no fusion head: OGM-GE scaled unimodal gradients by contributions of that
+    untrained head (and touched paused encoders)."""
+    ogm = OGMGECallback(alpha=0.5)
+    before, after = fit_one_batch_per_epoch(ogm, max_epochs=3, controller=FixedController(2))
+    changed = {
+        step["epoch"]: any(
+            not torch.equal(raw, modulated)
+            for name in ("a", "b")
+            for raw, modulated in zip(step["grads"][name], post["grads"][name], strict=True)
+        )
+        for step, post in zip(before, after, strict=True)
+    }
+    assert changed == {0: False, 1: False, 2: True}
 
 
 # --- bad arguments and modules ------------------------------------------------------------------

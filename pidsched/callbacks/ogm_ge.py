@@ -66,6 +66,8 @@ from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
 from pidsched._checks import check_int_at_least
+from pidsched.callbacks.pid_scheduler import PIDSchedulerCallback
+from pidsched.stages import STAGE_JOINT
 
 __all__ = ["OGMGECallback", "discrepancy_ratios", "modulation_coefficients"]
 
@@ -141,8 +143,10 @@ class OGMGECallback(Callback):
     a ``(N, D_m)`` tensor) and ``modality_contributions(features) -> {m: (N, K)}``, as
     :class:`~pidsched.MultimodalClassifier` with concat or sum fusion has; training batches are
     ``(inputs, target)``. The features are captured by forward hooks on the encoders during the
-    training step, so nothing runs twice. Use it with joint training (``JointController``): a
-    step in which some encoder did not run (a paused branch) is left unmodulated.
+    training step, so nothing runs twice. Use it with joint training (``JointController``). Next
+    to a two-stage :class:`~pidsched.PIDSchedulerCallback` it modulates only the joint stage:
+    stage 1 trains no fusion head, so contributions computed from it mean nothing (and a paused
+    encoder must not be touched).
 
     Logged per epoch (mean over steps): ``ogm_ge/ratio_<m>`` and ``ogm_ge/coefficient_<m>``.
 
@@ -194,6 +198,7 @@ class OGMGECallback(Callback):
         self._target: Tensor | None = None
         self._scores: Tensor | None = None
         self._num_samples = 0
+        self._schedule: PIDSchedulerCallback | None = None
 
     def in_window(self, epoch: int) -> bool:
         """Whether gradients of ``epoch`` (counted from 0) are modulated."""
@@ -207,6 +212,8 @@ class OGMGECallback(Callback):
         if stage != TrainerFn.FITTING:
             return
         _check_module(pl_module)
+        schedules = [c for c in trainer.callbacks if isinstance(c, PIDSchedulerCallback)]
+        self._schedule = schedules[0] if schedules else None
         self._names = tuple(pl_module.modality_names)
         self._hooks = [
             pl_module.encoders[name].register_forward_hook(self._feature_hook(name))
@@ -238,6 +245,9 @@ class OGMGECallback(Callback):
     @override
     def on_after_backward(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self.in_window(trainer.current_epoch) or set(self._features) != set(self._names):
+            return
+        # The schedule's stage is that of the epoch being trained (decisions apply at the next).
+        if self._schedule is not None and self._schedule.stage != STAGE_JOINT:
             return
         # The features come from the step's autocast region (bf16/fp16 under mixed precision):
         # the contributions are computed in that same region, as the fused head computed them.
