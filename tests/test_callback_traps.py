@@ -6,6 +6,7 @@ import warnings
 from types import SimpleNamespace
 
 import pytest
+import torch
 from _lightning_helpers import (
     NUM_CLASSES,
     DictDataset,
@@ -181,3 +182,45 @@ def test_an_exact_probe_of_many_classes_is_warned_about():
         small = PIDSchedulerCallback(128, PIDController())
         small._names = ("a", "b")
         small._make_metric()
+
+
+class SharedTemperatureModel(MultimodalClassifier):
+    """Both heads' logits divided by one learnable temperature, outside encoders and heads:
+    the unpaused branch's loss trains it, and the paused branch's predictions move with it."""
+
+    def _classify(self, name, features):
+        return super()._classify(name, features) / self.log_temperature.exp()
+
+
+def test_parameters_outside_the_branches_trained_during_a_pause_are_warned_about():
+    pause_a = {1: Decision(paused=frozenset({"a"}))}
+    plain = make_model()
+    shared = make_model()
+    shared.__class__ = SharedTemperatureModel
+    shared.log_temperature = torch.nn.Parameter(torch.zeros(()))
+    for model, expected in ((plain, 0), (shared, 1)):
+        callback = PIDSchedulerCallback(NUM_CLASSES, ScriptedController(pause_a))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            make_trainer(3, [callback]).fit(model, *loaders())
+        said = [str(w.message) for w in caught if "outside the training branches" in str(w.message)]
+        assert len(said) == expected
+    assert "log_temperature" in said[0] and "['a'] is paused" in said[0]
+
+
+def test_val_acc_is_read_under_the_first_dataloaders_suffixed_names():
+    """With several validation dataloaders Lightning names a module's val/acc_<m> of the first
+    one val/acc_<m>/dataloader_idx_0, and the records' val_acc stayed empty, silently."""
+    callback = PIDSchedulerCallback(NUM_CLASSES, PIDController())
+    callback._names = ("a", "b")
+    callback.metric = callback._make_metric()
+    _, target = make_data(num_samples=64)[:]
+    callback.metric.update({name: torch.randn(64, NUM_CLASSES) for name in "ab"}, target)
+    logged = {
+        "val/acc_a/dataloader_idx_0": torch.tensor(0.5),
+        "val/acc_b": torch.tensor(0.25),
+        "val/acc_fused/dataloader_idx_1": torch.tensor(0.9),  # another dataloader's
+    }
+    trainer = SimpleNamespace(callback_metrics=logged, current_epoch=0)
+    record = callback._probe_record(trainer, callback.metric.compute())
+    assert record["val_acc"] == {"a": 0.5, "b": 0.25}

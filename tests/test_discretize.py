@@ -118,7 +118,9 @@ def _valid_logit_inputs():
         ({"logits_2": torch.full((8, 3), float("inf"))}, ValueError, "`logits_2` contains NaN"),
         ({"logits_2": torch.zeros(7, 3)}, ValueError, "`logits_1` and `logits_2` to hold the same"),
         ({"target": torch.zeros(7, dtype=torch.long)}, ValueError, r"`target` to have one label"),
-        ({"target": torch.zeros(8, 1, dtype=torch.long)}, ValueError, r"`target` to have shape"),
+        ({"target": torch.zeros(8, 1, dtype=torch.long)}, ValueError, r"shape.*reshape\(-1\)"),
+        # One-hot or soft (N, K) targets (cross-entropy takes them): the classes are the argmax.
+        ({"target": torch.eye(3)[[0, 1, 2, 0, 1, 2, 0, 1]]}, ValueError, r"argmax\(dim=-1\)"),
         ({"target": torch.zeros(8)}, ValueError, "`target` to be an integer tensor"),
         ({"target": torch.zeros(8, dtype=torch.bool)}, ValueError, "`target` to be an integer"),
         ({"target": torch.full((8,), 3)}, ValueError, r"`target` values in \[0, 2\]"),

@@ -218,6 +218,7 @@ class PIDSchedulerCallback(Callback):
         self._probing = False
         self._probe_batches = 0
         self._warned_padding = False  # once per fit: see _warn_if_padded
+        self._checked_outside = False  # once per fit: on_before_optimizer_step
         # Validation outputs not yet folded into the metrics: (per-modality values, target).
         self._buffer: list[tuple[dict[str, Tensor], Tensor]] = []
         self._buffered_samples = 0
@@ -260,7 +261,7 @@ class PIDSchedulerCallback(Callback):
             require_features=self.probe_inputs == "features",
         )
         self.check_trainer(trainer, pl_module.modality_names)
-        self._warned_padding = False
+        self._warned_padding = self._checked_outside = False
         if spawns_processes(trainer):
             rank_zero_warn(
                 "This fit runs in spawned processes (Trainer(strategy='ddp_spawn...' or "
@@ -414,6 +415,14 @@ class PIDSchedulerCallback(Callback):
             raise RuntimeError(_NO_PROBE_BATCHES)
         self._apply_decision(self.controller.decide(epoch + 1, None), pl_module, epoch)
 
+    @override
+    def on_before_optimizer_step(
+        self, trainer: Trainer, pl_module: LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        if self._stage == STAGE_UNIMODAL and self._paused and not self._checked_outside:
+            self._checked_outside = True
+            _warn_on_trained_parameters_outside_branches(pl_module, self._paused)
+
     def _check_paused_branches_did_not_change(self, pl_module: LightningModule, epoch: int) -> None:
         """Warn, once per branch, when a branch changed during the first epoch it was paused."""
         changed = [
@@ -543,11 +552,20 @@ class PIDSchedulerCallback(Callback):
     def _probe_record(self, trainer: Trainer, result: MultimodalPIDResult) -> dict[str, Any]:
         tol = self.metric.tol
         metrics = trainer.callback_metrics
-        val_acc = {
-            name: float(metrics[f"val/acc_{name}"])
+        # With several validation dataloaders Lightning suffixes the first one's names, unless
+        # the module logs them without the suffix (MultimodalClassifier does).
+        keys = {
+            name: next(
+                (
+                    key
+                    for key in (f"val/acc_{name}", f"val/acc_{name}/dataloader_idx_0")
+                    if key in metrics
+                ),
+                None,
+            )
             for name in (*self._names, "fused")
-            if f"val/acc_{name}" in metrics
         }
+        val_acc = {name: float(metrics[key]) for name, key in keys.items() if key is not None}
         return {
             "epoch": trainer.current_epoch,
             "stage": self._stage,
@@ -836,6 +854,39 @@ def _branch_fingerprint(pl_module: LightningModule, name: str) -> Tensor:
                 for tensor in tensors
                 for statistic in (tensor.double().sum(), tensor.double().square().sum())
             ]
+        )
+
+
+def _warn_on_trained_parameters_outside_branches(
+    pl_module: LightningModule, paused: frozenset[str]
+) -> None:
+    """Warn when, with ``paused`` branches, parameters outside the training branches'
+    ``encoders[m]`` and ``heads[m]`` get gradients: a pause freezes (and the peak snapshot
+    holds) only those two, so a paused branch that uses such a parameter (a shared stem, a
+    learnable temperature) still changes, and nothing else would notice."""
+    training = {
+        id(parameter)
+        for name in pl_module.modality_names
+        if name not in paused
+        for part in (pl_module.encoders[name], pl_module.heads[name])
+        for parameter in part.parameters()
+    }
+    outside = [
+        name
+        for name, parameter in pl_module.named_parameters()
+        if parameter.grad is not None and id(parameter) not in training
+    ]
+    if outside:
+        shown = ", ".join(outside[:5]) + (
+            f" and {len(outside) - 5} more" if len(outside) > 5 else ""
+        )
+        rank_zero_warn(
+            f"While {sorted(paused)} is paused, parameters outside the training branches' "
+            f"encoders[m] and heads[m] get gradients: {shown}. A pause freezes, and the peak "
+            "snapshot restores, only encoders[m] and heads[m]; if a paused branch uses these "
+            "parameters it still changes. Move them into encoders[m]/heads[m] (one copy per "
+            "branch) or freeze them in set_training_stage during stage 1.",
+            category=PIDScheduleWarning,
         )
 
 

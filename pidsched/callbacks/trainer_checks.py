@@ -117,7 +117,7 @@ def check_validation_loop(trainer: Trainer, pl_module: LightningModule) -> None:
             "PIDSchedulerCallback measures PID on validation data, but this fit has no validation "
             "loop: give trainer.fit(..., val_dataloaders=...) or a datamodule with "
             "val_dataloader(), and a validation_step on the module (or use FixedController/"
-            "JointController, which measure nothing)."
+            "JointController without measure=True, which measure nothing)."
         )
 
 

@@ -114,9 +114,16 @@ def _check_target(target: object, samples: Tensor, num_classes: int) -> None:
     _check_tensor("target", target)
     num_samples = samples.shape[0]
     if target.ndim != 1:
+        # (N, K) rows are one-hot or soft targets (which cross-entropy accepts): their classes
+        # are the argmax; reshaping them would give N K "labels".
+        fix = (
+            "pass class indices, e.g. target.argmax(dim=-1)"
+            if target.ndim == 2 and target.shape[1] == num_classes and target.shape[1] > 1
+            else "flatten it with target.reshape(-1)"
+        )
         raise ValueError(
             f"Expected `target` to have shape (N,), one class index per sample, but got shape "
-            f"{tuple(target.shape)}; flatten it with target.reshape(-1)."
+            f"{tuple(target.shape)}; {fix}."
         )
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise ValueError(

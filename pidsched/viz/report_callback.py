@@ -102,7 +102,7 @@ class PIDReportCallback(Callback):
         # current_epoch has already moved past the last epoch trained when fit ends.
         history = RunHistory.from_callback(scheduler, final_epoch=max(trainer.current_epoch - 1, 0))
         output_dir = self.output_dir or Path(trainer.default_root_dir)
-        # Fixed and joint schedules measure nothing: an empty history is what they should write.
+        # Baselines with measure=False probe nothing: an empty history is what they write.
         measured = getattr(scheduler.controller, "needs_measurements", True)
         self.report_paths = write_run_report(
             history,
