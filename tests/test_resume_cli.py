@@ -131,6 +131,31 @@ def test_a_rejected_resume_keeps_the_runs_saved_config(tmp_path):
     assert {name: (saved / f"{name}.yaml").read_text() for name in originals} == originals
 
 
+def test_a_resume_that_changes_what_is_trained_is_refused(tmp_path):
+    """resume=<run dir> with other data or schedule overrides continued the run on them, and
+    rewrote its .hydra/config.yaml as if the whole run had been trained so."""
+    run_dir = tmp_path / "run"
+    first = ["data.num_samples=300", "trainer.limit_train_batches=2", "callbacks.report=null"]
+    run_command([f"hydra.run.dir={run_dir}", "trainer.max_epochs=1", *first, *QUIET], tmp_path)
+    saved = (run_dir / ".hydra" / "config.yaml").read_text()
+    changed = ["data.num_samples=400", "schedule=joint", "trainer.limit_train_batches=2"]
+    rejected = run_command(
+        [f"resume={run_dir}", "trainer.max_epochs=2", *changed, *QUIET], tmp_path, returncode=2
+    )
+    message = rejected.stderr.strip().splitlines()[-1]
+    assert "data.num_samples (300 -> 400)" in message
+    assert "schedule.controller._target_ (pidsched.PIDController -> pidsched.JointController)" in (
+        message
+    )
+    assert "data.num_samples=300" in message and "change only trainer.max_epochs" in message
+    assert (run_dir / ".hydra" / "config.yaml").read_text() == saved
+    # The same overrides with more epochs resume.
+    run_command(
+        [f"resume={run_dir}", "trainer.max_epochs=2", *first, *QUIET], tmp_path, returncode=0
+    )
+    assert json.loads((run_dir / "summary.json").read_text())["final_epoch"] == 1
+
+
 def test_compile_key():
     assert compile_arguments(False) is None and compile_arguments(None) is None
     assert compile_arguments(True) == {}

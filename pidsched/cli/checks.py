@@ -119,6 +119,60 @@ def null_group_message(args: Sequence[str], groups: Mapping[str, Sequence[str]])
     return None
 
 
+# Settings a resumed run may change: how long it trains and how it reports, not what it trains.
+RESUMABLE_CHANGES = (
+    "resume",
+    "ckpt_path",
+    "trainer.max_epochs",
+    "trainer.enable_progress_bar",
+    "cpu_threads",
+)
+
+
+def check_resumed_settings(
+    saved: Mapping[str, Any], current: Mapping[str, Any], saved_overrides: Sequence[str]
+) -> None:
+    """Refuse a resume whose composed config differs from the run's saved one outside
+    :data:`RESUMABLE_CHANGES`: the run would continue on other data, another schedule or
+    model, and its record (``.hydra/config.yaml``, which ``load_run`` rebuilds it from) would
+    describe settings most of it never had.
+
+    Raises:
+        ConfigError: naming each differing key with both values, and the run's own overrides.
+    """
+    old, new = _flat(saved), _flat(current)
+    changed = [
+        f"{key} ({_shown(old, key)} -> {_shown(new, key)})"
+        for key in sorted(set(old) | set(new))
+        if old.get(key, _ABSENT) != new.get(key, _ABSENT) and not key.startswith(RESUMABLE_CHANGES)
+    ]
+    if changed:
+        kept = [item for item in saved_overrides if not item.lstrip("+~").startswith("resume")]
+        raise ConfigError(
+            "a resumed run continues with the settings it was trained with, but this command "
+            f"changes {', '.join(changed)}. Give the run's own overrides again "
+            f"({' '.join(kept) or 'none'}) and change only trainer.max_epochs."
+        )
+
+
+_ABSENT = object()
+
+
+def _flat(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` of a nested config container (lists are values)."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _shown(flat: Mapping[str, Any], key: str) -> str:
+    return "unset" if key not in flat else override_value(flat[key])
+
+
 def added_keys(overrides: Sequence[str]) -> set[str]:
     """The config keys that command-line ``overrides`` add (``+key=value``, ``++key=value``):
     absent from the primary config, so a fix must add them too."""

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 # The saved files of the run directory of this process's run, read before Hydra overwrote them:
 # a Hydra callback and the task function share nothing else (the callback is built by Hydra).
@@ -40,3 +40,16 @@ def restore_run_config() -> None:
     """Put back the saved config files :class:`RunConfigBackup` read (nothing for a new run)."""
     for path, content in _SAVED.items():
         path.write_bytes(content)
+
+
+def saved_run_config() -> tuple[dict[str, Any], list[str]] | None:
+    """The run directory's saved composed config and command-line overrides, as the run was
+    trained (read by :class:`RunConfigBackup` before Hydra overwrote them); None for a new run
+    directory."""
+    config = next((text for path, text in _SAVED.items() if path.name == "config.yaml"), None)
+    if config is None:
+        return None
+    overrides = next((text for path, text in _SAVED.items() if path.name == "overrides.yaml"), b"")
+    container = OmegaConf.to_container(OmegaConf.create(config.decode()), resolve=True)
+    listed = OmegaConf.to_container(OmegaConf.create(overrides.decode() or "[]"))
+    return container, [str(item) for item in listed]

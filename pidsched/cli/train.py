@@ -55,6 +55,7 @@ from pidsched.cli.checks import (
     check_group_nodes,
     check_modality_count,
     check_ogm_ge_fusion,
+    check_resumed_settings,
     checked_max_epochs,
     missing_encoder_message,
     null_group_message,
@@ -62,7 +63,7 @@ from pidsched.cli.checks import (
     stage_two_warning,
 )
 from pidsched.cli.csv_history import KeepCSVHistory
-from pidsched.cli.run_config import restore_run_config
+from pidsched.cli.run_config import restore_run_config, saved_run_config
 from pidsched.cli.selection import JOINT_STAGE, JointStageCheckpoint
 from pidsched.viz.history import HISTORY_JSON_NAME, RunHistory, write_history_json
 
@@ -357,6 +358,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     with settings_of("resume, ckpt_path"):
         ckpt_path = resume_checkpoint(cfg, run_dir)
+    saved = saved_run_config()
+    if ckpt_path is not None and saved is not None:
+        check_resumed_settings(saved[0], OmegaConf.to_container(cfg, resolve=True), saved[1])
     with settings_of("compile"):
         compile_kwargs = compile_arguments(cfg.get("compile"))
     with settings_of("data.*"):
