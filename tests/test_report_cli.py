@@ -19,6 +19,7 @@ from pidsched.viz import (
     write_run_report,
 )
 from pidsched.viz.curves import plot_pid_curves
+from pidsched.viz.history import write_history_csv
 
 
 @pytest.fixture
@@ -169,3 +170,28 @@ def test_cli_draws_bands_and_names_the_uncertified_probes(tmp_path, drawn, capsy
     assert plot.get("synergy", tmp_path.name, "synergy").has_band
     out = capsys.readouterr().out
     assert "2 probe(s) not certified" in out and "epochs 3, 5" in out
+
+
+def test_cli_reads_the_csv_history_when_given_or_when_it_is_all_there_is(tmp_path, drawn):
+    """It read every file as JSON ("Expecting value: line 1 column 1") and refused a run
+    directory holding only pid_history.csv."""
+    run = _write_run(tmp_path, interval_width=0.01)
+    write_history_csv(run, tmp_path / "pid_history.csv")
+    (tmp_path / "pid_history.json").unlink()
+    assert report_cli.main([str(tmp_path / "pid_history.csv"), "-o", str(tmp_path / "a.png")]) == 0
+    assert report_cli.main([str(tmp_path), "-o", str(tmp_path / "b.png")]) == 0
+    first, second = drawn
+    assert (
+        first.get("synergy", tmp_path.name, "synergy").values
+        == second.get("synergy", tmp_path.name, "synergy").values
+    )
+    assert len(first.get("synergy", tmp_path.name, "synergy").values) == 12
+
+
+def test_cli_reports_a_picture_it_cannot_write_without_a_traceback(tmp_path, capsys):
+    _write_run(tmp_path)
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(SystemExit) as exit_info:
+        report_cli.main([str(tmp_path), "-o", str(tmp_path / "a_file" / "x.png")])
+    assert exit_info.value.code == 2
+    assert "cannot write the picture" in capsys.readouterr().err

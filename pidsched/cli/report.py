@@ -24,7 +24,14 @@ from pathlib import Path
 import yaml
 
 from pidsched.viz.curves import CURVES_PNG_NAME, plot_pid_curves
-from pidsched.viz.history import HISTORY_JSON_NAME, RunHistory, is_certified, read_history_json
+from pidsched.viz.history import (
+    HISTORY_CSV_NAME,
+    HISTORY_JSON_NAME,
+    RunHistory,
+    is_certified,
+    read_history_csv,
+    read_history_json,
+)
 
 OVERLAY_PNG_NAME = "pid_curves_overlay.png"
 HYDRA_OVERRIDES = Path(".hydra") / "overrides.yaml"
@@ -72,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         plot = plot_pid_curves(histories, output, title=args.title)
     except ValueError as error:
         parser.error(str(error))
+    except OSError as error:  # the picture cannot be written there (-o under a file, no rights)
+        parser.error(f"cannot write the picture: {error}")
     print(f"pidsched-report: wrote {plot.path} ({len(histories)} run(s): {', '.join(histories)})")
     for label, history in histories.items():
         epochs = uncertified_epochs(history)
@@ -89,7 +98,8 @@ def uncertified_epochs(history: RunHistory) -> list[int]:
 
 
 def find_history_files(paths: Sequence[Path]) -> list[Path]:
-    """The ``pid_history.json`` of each path: a run directory, the file, or a sweep below it.
+    """The ``pid_history.json`` of each path: a run directory (or its ``pid_history.csv``
+    where the JSON is missing), the file (JSON or CSV), or a sweep below it.
 
     Raises:
         ValueError: for a path that does not exist or has no history file at or below it.
@@ -102,6 +112,8 @@ def find_history_files(paths: Sequence[Path]) -> list[Path]:
             found = [path]
         elif (path / HISTORY_JSON_NAME).is_file():
             found = [path / HISTORY_JSON_NAME]
+        elif (path / HISTORY_CSV_NAME).is_file():  # a run directory with only the CSV copy
+            found = [path / HISTORY_CSV_NAME]
         else:
             found = sorted(path.rglob(HISTORY_JSON_NAME), key=_natural_key)
         if not found:
@@ -147,8 +159,9 @@ def _hydra_overrides(run_dir: Path) -> list[str]:
 
 
 def _read(path: Path) -> RunHistory:
+    read = read_history_csv if path.suffix.lower() == ".csv" else read_history_json
     try:
-        return read_history_json(path)
+        return read(path)
     except (OSError, ValueError, TypeError, KeyError) as error:
         raise ValueError(f"cannot read the probe history {path}: {error}") from error
 

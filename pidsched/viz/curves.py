@@ -281,8 +281,9 @@ def _as_run_histories(histories: Any) -> dict[str, RunHistory]:
     if not any(run.records for run in runs.values()):
         raise ValueError(
             f"no probe was recorded in {list(runs)}: nothing to draw. A PID schedule probes at "
-            "the end of its validation epochs (train at least one); schedules that measure "
-            "nothing (joint, fixed, ogm_ge) record no probes."
+            "the end of its validation epochs (train at least one); a baseline run with "
+            "schedule.controller.measure=false (JointController()/FixedController() in Python) "
+            "records none."
         )
     return runs
 
