@@ -149,11 +149,7 @@ def test_a_resume_that_changes_what_is_trained_is_refused(tmp_path):
     )
     assert "data.num_samples=300" in message and "change only trainer.max_epochs" in message
     assert (run_dir / ".hydra" / "config.yaml").read_text() == saved
-    # The same overrides with more epochs resume.
-    run_command(
-        [f"resume={run_dir}", "trainer.max_epochs=2", *first, *QUIET], tmp_path, returncode=0
-    )
-    assert json.loads((run_dir / "summary.json").read_text())["final_epoch"] == 1
+    # The same overrides with more epochs resume: test_a_resumed_run_writes_what_the_...
 
 
 def test_compile_key():
