@@ -841,11 +841,16 @@ def _upgrade_record(record: Mapping[str, Any]) -> dict[str, Any]:
     return {"certified": True, "interval": None, **record}
 
 
+def _branch_parts(pl_module: LightningModule, name: str) -> tuple[torch.nn.Module, ...]:
+    """Branch ``name`` as the protocol defines it: its encoder and its unimodal head, what a
+    pause freezes and the peak snapshot holds."""
+    return pl_module.encoders[name], pl_module.heads[name]
+
+
 def _branch_fingerprint(pl_module: LightningModule, name: str) -> Tensor:
     """Sum and sum of squares (float64) of every parameter and buffer of branch ``name``."""
     tensors = [
-        *pl_module.encoders[name].state_dict().values(),
-        *pl_module.heads[name].state_dict().values(),
+        tensor for part in _branch_parts(pl_module, name) for tensor in part.state_dict().values()
     ]
     with torch.no_grad():
         return torch.stack(
@@ -868,7 +873,7 @@ def _warn_on_trained_parameters_outside_branches(
         id(parameter)
         for name in pl_module.modality_names
         if name not in paused
-        for part in (pl_module.encoders[name], pl_module.heads[name])
+        for part in _branch_parts(pl_module, name)
         for parameter in part.parameters()
     }
     outside = [
