@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -159,3 +160,12 @@ def test_warm_starts_quick_compares_both_kinds_of_next_solve(finished):
     for _, _, cold, warm, ratio in rows:
         # "ms (iterations)" each, and the ratio of their sums.
         assert float(cold.split()[0]) > 0 and float(warm.split()[0]) > 0 and float(ratio) > 0
+
+
+def test_many_classes_times_an_exact_probe():
+    script = str(BENCHMARKS / "many_classes.py")
+    done = subprocess.run(
+        [sys.executable, script, "exact", "8", "200"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(r"K=8 N=200: compute \S+ s, \d+ iterations, gap \S+ bits\n", done.stdout)
