@@ -494,8 +494,7 @@ class PIDSchedulerCallback(Callback):
         rank_zero_warn(
             f"The validation dataloader's DistributedSampler {what} of its samples so that "
             "every rank gets as many, and the synced probe counts them so: "
-            "its PID is not exactly that of the validation set (3e-4 bits off at 63 samples on "
-            "2 ranks). Give the validation DataLoader "
+            "its PID is not exactly that of the validation set. Give the validation DataLoader "
             "sampler=lightning.pytorch.overrides.distributed.UnrepeatedDistributedSampler("
             "dataset, shuffle=False) (pidsched's data modules do), or a validation set whose "
             "size is a multiple of the world size.",
